@@ -1,0 +1,151 @@
+"""Model configuration (SPEC §1): one frozen, validated dataclass for DRT and its baselines."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+MODEL_KINDS = ("drt", "swa", "full")
+GCA_RESIDUALS = ("official", "standard")
+SWA_IMPLS = ("auto", "xla", "cudnn", "splash")
+GCA_IMPLS = ("auto", "xla")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+  """A configuration value is invalid; the message names the field and the cause."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DRTConfig:
+  """Architecture of a DRT model (SPEC §1-2) or of one of its two baselines.
+
+  model_kind:
+    "drt"  - lower SWA layers, chunk encoder, retrieval, upper SWA+GCA groups (SPEC §2).
+    "swa"  - sliding-window-only LM: `num_layers` plain SWA blocks, no landmarks.
+    "full" - full-causal-attention LM: `num_layers` plain blocks, no landmarks.
+    Baselines have depth `lower_layers + sum(upper_groups) + baseline_extra_layers`.
+  chunk_size: positions per chunk including the landmark (64 = 63 text + 1 landmark).
+  window: sliding-window size W in positions (counted on the landmark-augmented sequence
+    for DRT), the query included.
+  gca_residual: "official" = `h1 + MLP(norm(h1 + GCA(h1)))` (SPEC §2.4, default);
+    "standard" = `h2 = h1 + GCA(h1); h2 + MLP(norm(h2))`.
+  dtype: compute dtype of activations and matmuls; param_dtype: storage dtype of params.
+  remat: rematerialise each block in the backward pass ("none" | "block").
+  The landmark token has id `vocab_size` (its own embedding row); logits cover `vocab_size`.
+  """
+
+  vocab_size: int = 4096
+  d_model: int = 128
+  num_heads: int = 4
+  mlp_dim: int = 384
+  lower_layers: int = 2
+  upper_groups: tuple[int, ...] = (2,)
+  encoder_layers: int = 2
+  window: int = 128
+  chunk_size: int = 64
+  top_k: int = 4
+  model_kind: str = "drt"
+  baseline_extra_layers: int = 0
+  gca_residual: str = "official"
+  swa_impl: str = "auto"
+  gca_impl: str = "auto"
+  rope_theta: float = 10000.0
+  norm_eps: float = 1e-5
+  init_std: float = 0.02
+  dtype: str = "bfloat16"
+  param_dtype: str = "float32"
+  remat: str = "none"
+
+  def __post_init__(self):
+    if isinstance(self.upper_groups, list):
+      object.__setattr__(self, "upper_groups", tuple(self.upper_groups))
+    self.validate()
+
+  def _fail(self, field: str, why: str):
+    raise ConfigError(f"DRTConfig.{field}={getattr(self, field)!r}: {why}")
+
+  def validate(self) -> None:
+    for name in ("vocab_size", "d_model", "num_heads", "mlp_dim", "window", "chunk_size"):
+      v = getattr(self, name)
+      if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        self._fail(name, "must be a positive integer")
+    for name in ("lower_layers", "encoder_layers", "baseline_extra_layers"):
+      v = getattr(self, name)
+      if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        self._fail(name, "must be a non-negative integer")
+    if self.model_kind not in MODEL_KINDS:
+      self._fail("model_kind", f"must be one of {MODEL_KINDS}")
+    if self.d_model % self.num_heads:
+      self._fail("d_model", f"must be divisible by num_heads={self.num_heads}")
+    if self.head_dim % 2:
+      self._fail("num_heads", f"head_dim={self.head_dim} must be even for RoPE")
+    if not isinstance(self.upper_groups, tuple) or not all(
+        isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in self.upper_groups):
+      self._fail("upper_groups", "must be a tuple of positive layer counts, one per group")
+    if self.model_kind == "drt":
+      if not self.upper_groups:
+        self._fail("upper_groups", "a DRT model needs at least one retrieval group")
+      if self.encoder_layers < 1:
+        self._fail("encoder_layers", "a DRT model needs at least one chunk-encoder layer")
+      if self.chunk_size < 2:
+        self._fail("chunk_size", "must hold at least one text token and the landmark")
+      if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 1:
+        self._fail("top_k", "must be a positive integer")
+    if self.num_layers < 1:
+      self._fail("lower_layers", "the model has no layers")
+    if self.gca_residual not in GCA_RESIDUALS:
+      self._fail("gca_residual", f"must be one of {GCA_RESIDUALS}")
+    if self.swa_impl not in SWA_IMPLS:
+      self._fail("swa_impl", f"must be one of {SWA_IMPLS}")
+    if self.gca_impl not in GCA_IMPLS and not self.gca_impl.startswith("pallas"):
+      self._fail("gca_impl", f"must be one of {GCA_IMPLS} or a registered kernel")
+    if self.dtype not in DTYPES:
+      self._fail("dtype", f"must be one of {DTYPES}")
+    if self.param_dtype not in DTYPES:
+      self._fail("param_dtype", f"must be one of {DTYPES}")
+    if self.remat not in ("none", "block"):
+      self._fail("remat", "must be 'none' or 'block'")
+    if not self.rope_theta > 0:
+      self._fail("rope_theta", "must be positive")
+    if not self.norm_eps > 0:
+      self._fail("norm_eps", "must be positive")
+    if not self.init_std > 0:
+      self._fail("init_std", "must be positive")
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.num_heads
+
+  @property
+  def text_per_chunk(self) -> int:
+    return self.chunk_size - 1
+
+  @property
+  def landmark_id(self) -> int:
+    return self.vocab_size
+
+  @property
+  def num_layers(self) -> int:
+    """Decoder depth: lower + upper for DRT; the same plus extra layers for baselines."""
+    n = self.lower_layers + sum(self.upper_groups)
+    return n if self.model_kind == "drt" else n + self.baseline_extra_layers
+
+  def replace(self, **kw) -> "DRTConfig":
+    return dataclasses.replace(self, **kw)
+
+  def to_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["upper_groups"] = list(self.upper_groups)
+    return d
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "DRTConfig":
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise ConfigError(f"DRTConfig: unknown field(s) {unknown}; known: {sorted(names)}")
+    d = dict(d)
+    if "upper_groups" in d:
+      d["upper_groups"] = tuple(d["upper_groups"])
+    return cls(**d)
