@@ -1,0 +1,113 @@
+"""Transformer blocks (SPEC §2): plain pre-norm block, the chunk encoder, and the DRT upper block."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from gca_jax.layers.attention import SelfAttention
+from gca_jax.layers.common import MLP, Dtype, RMSNorm
+from gca_jax.layers.gca import GroupedCrossAttention
+
+_ACT = ("batch", "act_length", "act_embed")
+
+
+class DecoderBlock(nn.Module):
+  """h = h + Attn(norm(h)); h = h + MLP(norm(h)). x [B,T,d] -> [B,T,d].
+
+  attn_mode: "window" (SWA, SPEC §2.1), "causal" (full-attention baseline) or "bidirectional".
+  """
+  num_heads: int
+  head_dim: int
+  mlp_dim: int
+  attn_mode: str = "window"
+  window: int | None = None
+  impl: str = "auto"
+  rope_theta: float = 10000.0
+  eps: float = 1e-5
+  std: float = 0.02
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, h, positions=None):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    a = SelfAttention(self.num_heads, self.head_dim, self.attn_mode, self.window, self.impl,
+                      self.rope_theta, self.std, name="attn", **kw)(
+                          RMSNorm(self.eps, name="norm1", **kw)(h), positions)
+    h = h + a
+    h = h + MLP(self.mlp_dim, self.std, name="mlp", **kw)(RMSNorm(self.eps, name="norm2", **kw)(h))
+    if h.ndim == 3:
+      h = nn.with_logical_constraint(h, _ACT)
+    return h
+
+
+class ChunkEncoder(nn.Module):
+  """Bidirectional encoder applied to each chunk independently (SPEC §2.2).
+
+  x [B,C,S,d] (the lower layers' output) -> E [B,C,S,d] = FinalNorm(Layers(Norm(x))), with full
+  attention inside the chunk and RoPE over positions 0..S-1. E[:, :, S-1] are the landmark keys.
+  """
+  num_layers: int
+  num_heads: int
+  head_dim: int
+  mlp_dim: int
+  rope_theta: float = 10000.0
+  eps: float = 1e-5
+  std: float = 0.02
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxCxSxd):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    e = RMSNorm(self.eps, name="input_norm", **kw)(x_BxCxSxd)
+    for i in range(self.num_layers):
+      e = DecoderBlock(self.num_heads, self.head_dim, self.mlp_dim, "bidirectional", None, "xla",
+                       self.rope_theta, self.eps, self.std, name=f"layer_{i}", **kw)(e)
+    return RMSNorm(self.eps, name="final_norm", **kw)(e)
+
+
+class UpperBlock(nn.Module):
+  """DRT upper layer (SPEC §2.4). x [B,T,d] with T = C*S; retrieval already shifted.
+
+    h1 = h + SWA(norm1(h)); g = GCA(h1)
+    official: out = h1 + MLP(norm2(h1 + g))       standard: h2 = h1 + g; out = h2 + MLP(norm2(h2))
+  """
+  num_heads: int
+  head_dim: int
+  mlp_dim: int
+  window: int
+  chunk_size: int
+  residual: str = "official"
+  swa_impl: str = "auto"
+  gca_impl: str = "auto"
+  rope_theta: float = 10000.0
+  eps: float = 1e-5
+  std: float = 0.02
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, h, k_mem, v_mem, indices, weights):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    B, T, d = h.shape
+    C, S = T // self.chunk_size, self.chunk_size
+    a = SelfAttention(self.num_heads, self.head_dim, "window", self.window, self.swa_impl,
+                      self.rope_theta, self.std, name="attn", **kw)(
+                          RMSNorm(self.eps, name="norm1", **kw)(h))
+    h1 = h + a
+    g = GroupedCrossAttention(self.num_heads, self.head_dim, self.gca_impl, True, self.eps, self.std,
+                              name="gca", **kw)(h1.reshape(B, C, S, d), k_mem, v_mem, indices,
+                                                weights).reshape(B, T, d)
+    self.sow("intermediates", "gca_out", g)
+    norm2 = RMSNorm(self.eps, name="norm2", **kw)
+    mlp = MLP(self.mlp_dim, self.std, name="mlp", **kw)
+    if self.residual == "official":
+      out = h1 + mlp(norm2(h1 + g))
+    elif self.residual == "standard":
+      h2 = h1 + g
+      out = h2 + mlp(norm2(h2))
+    else:
+      raise ValueError(f"UpperBlock: unknown residual form {self.residual!r}")
+    return nn.with_logical_constraint(out, _ACT)

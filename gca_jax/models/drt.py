@@ -1,0 +1,121 @@
+"""The DRT model (SPEC §1-2) and its two baselines, as one Linen module."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gca_jax.config import DRTConfig
+from gca_jax.layers.blocks import ChunkEncoder, DecoderBlock, UpperBlock
+from gca_jax.layers.common import Dense, RMSNorm, dtype_of, normal_init
+from gca_jax.layers.retrieval import ChunkRetriever, shift_to_next_chunk
+
+_ACT = ("batch", "act_length", "act_embed")
+
+
+def insert_landmarks(x_BxTxd, landmark_d, text_per_chunk: int):
+  """Pads T on the right to C*L (L = text_per_chunk) and appends the landmark after each chunk.
+
+  Returns [B, C*(L+1), d]. The inverse is `remove_landmarks`.
+  """
+  B, T, d = x_BxTxd.shape
+  C = -(-T // text_per_chunk)
+  x = jnp.pad(x_BxTxd, ((0, 0), (0, C * text_per_chunk - T), (0, 0)))
+  x = x.reshape(B, C, text_per_chunk, d)
+  lmk = jnp.broadcast_to(landmark_d.astype(x.dtype), (B, C, 1, d))
+  return jnp.concatenate([x, lmk], axis=2).reshape(B, C * (text_per_chunk + 1), d)
+
+
+def remove_landmarks(y_BxNxF, text_per_chunk: int, T: int):
+  """[B, C*(L+1), F] -> the T text positions [B, T, F] (drops landmarks and right padding)."""
+  B, N, F = y_BxNxF.shape
+  S = text_per_chunk + 1
+  return y_BxNxF.reshape(B, N // S, S, F)[:, :, :text_per_chunk].reshape(B, -1, F)[:, :T]
+
+
+class DRT(nn.Module):
+  """DRT language model; `config.model_kind` also selects the SWA-only / full-attention baselines.
+
+  __call__(tokens int32 [B,T], *, train=False) -> logits float32 [B,T,vocab] for the T text
+  tokens (`embeddings_BxTxd`, if given, replaces the token-embedding lookup; the tied head still
+  uses the embedding table). Landmarks are inserted (one per 63 text tokens, T padded to a multiple of 63) and
+  removed inside. `train=True` draws Gumbel noise for retrieval from the "gumbel" rng stream.
+  Sown intermediates (mutable "intermediates"): per group `retrieval_g{g}` = (indices, weights)
+  after the c -> c+1 shift, and each upper block's `gca_out`.
+  """
+  config: DRTConfig
+
+  def _block_cls(self, cls):
+    return nn.remat(cls) if self.config.remat == "block" else cls
+
+  @nn.compact
+  def __call__(self, tokens_BxT, *, train: bool = False, embeddings_BxTxd=None):
+    cfg = self.config
+    dt, pdt = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
+    if tokens_BxT.ndim != 2:
+      raise ValueError(f"DRT expects tokens [B, T], got shape {tokens_BxT.shape}")
+    if train and cfg.model_kind == "drt" and not self.has_rng("gumbel"):
+      raise ValueError("DRT(train=True) needs an rng stream named 'gumbel' "
+                       "(apply(..., rngs={'gumbel': key}))")
+    B, T = tokens_BxT.shape
+    kw = dict(dtype=dt, param_dtype=pdt)
+    H, Dh = cfg.num_heads, cfg.head_dim
+    emb = self.param("embedding", normal_init(cfg.init_std, ("vocab", "embed")),
+                     (cfg.vocab_size, cfg.d_model), pdt)
+    if embeddings_BxTxd is None:
+      x = jnp.take(emb, tokens_BxT, axis=0).astype(dt)
+    else:
+      if embeddings_BxTxd.shape != (B, T, cfg.d_model):
+        raise ValueError(f"DRT: embeddings_BxTxd{embeddings_BxTxd.shape} must be {(B, T, cfg.d_model)}")
+      x = embeddings_BxTxd.astype(dt)
+    block = self._block_cls(DecoderBlock)
+    block_kw = dict(rope_theta=cfg.rope_theta, eps=cfg.norm_eps, std=cfg.init_std, **kw)
+
+    if cfg.model_kind != "drt":
+      mode, window = ("window", cfg.window) if cfg.model_kind == "swa" else ("causal", None)
+      h = nn.with_logical_constraint(x, _ACT)
+      for i in range(cfg.num_layers):
+        h = block(H, Dh, cfg.mlp_dim, mode, window, cfg.swa_impl, name=f"layer_{i}", **block_kw)(h)
+      h = RMSNorm(cfg.norm_eps, name="final_norm", **kw)(h)
+      return self._head(h, emb)
+
+    S, L = cfg.chunk_size, cfg.text_per_chunk
+    landmark = self.param("landmark", normal_init(cfg.init_std, ("embed",)), (cfg.d_model,), pdt)
+    h = nn.with_logical_constraint(insert_landmarks(x, landmark, L), _ACT)
+    N = h.shape[1]
+    C = N // S
+    for i in range(cfg.lower_layers):
+      h = block(H, Dh, cfg.mlp_dim, "window", cfg.window, cfg.swa_impl, name=f"lower_{i}",
+                **block_kw)(h)
+
+    enc = ChunkEncoder(cfg.encoder_layers, H, Dh, cfg.mlp_dim, cfg.rope_theta, cfg.norm_eps,
+                       cfg.init_std, name="encoder", **kw)(h.reshape(B, C, S, cfg.d_model))
+    landmarks_BxCxd = enc[:, :, S - 1]
+    sink = (jnp.arange(S) < S - 1)[None, None, :, None, None]
+    mem_kw = dict(std=cfg.init_std, **kw)
+    k_mem = Dense(H * Dh, ("embed", "heads"), name="mem_k", **mem_kw)(enc).reshape(B, C, S, H, Dh)
+    v_mem = Dense(H * Dh, ("embed", "heads"), name="mem_v", **mem_kw)(enc).reshape(B, C, S, H, Dh)
+    k_mem = jnp.where(sink, k_mem, 0).astype(dt)
+    v_mem = jnp.where(sink, v_mem, 0).astype(dt)
+
+    upper = self._block_cls(UpperBlock)
+    layer = 0
+    for g, n in enumerate(cfg.upper_groups):
+      query = h.reshape(B, C, S, cfg.d_model)[:, :, S - 1]
+      idx, w, _ = ChunkRetriever(cfg.top_k, cfg.norm_eps, dt, pdt, name=f"retriever_{g}")(
+          query, landmarks_BxCxd, train=train)
+      idx, w = shift_to_next_chunk(idx, w)
+      self.sow("intermediates", f"retrieval_g{g}", (idx, w))
+      for _ in range(n):
+        h = upper(H, Dh, cfg.mlp_dim, cfg.window, S, cfg.gca_residual, cfg.swa_impl, cfg.gca_impl,
+                  name=f"upper_{layer}", **block_kw)(h, k_mem, v_mem, idx, w)
+        layer += 1
+    h = RMSNorm(cfg.norm_eps, name="final_norm", **kw)(h)
+    return self._head(remove_landmarks(h, L, T), emb)
+
+  def _head(self, h_BxTxd, emb_Vxd):
+    """Tied LM head, float32 logits."""
+    logits = jnp.einsum("btd,vd->btv", h_BxTxd, emb_Vxd.astype(h_BxTxd.dtype),
+                        preferred_element_type=jnp.float32)
+    return nn.with_logical_constraint(logits, ("batch", "act_length", "act_vocab"))

@@ -1,0 +1,182 @@
+"""Causal sliding-window attention (SPEC §2.1) and full causal attention, with an `impl` switch.
+
+`sliding_window_attention(q, k, v, window)`: q [B,T,H,D], k/v [B,T,Hkv,D] -> [B,T,H,D]; query t
+attends keys t-W+1 .. t (W positions, itself included). Implementations:
+  "xla"    - blockwise jnp, O(T*W) memory: query block i (W rows) sees key blocks i-1 and i.
+  "cudnn"  - `jax.nn.dot_product_attention(implementation="cudnn", is_causal=True,
+             local_window_size=(W-1, 0))` (GPU, bf16/fp16). `is_causal=True` is required:
+             without it cuDNN ignores the window.
+  "splash" - Pallas TPU splash attention with a causal `LocalMask`.
+  "auto"   - cudnn on GPU for half-precision inputs, splash on TPU, else xla.
+Softmax statistics are float32 throughout. Under a mesh (`jax.set_mesh`), the library kernels
+run per device through `shard_map` over the batch (data x fsdp) and heads (tensor) axes.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from gca_jax.sharding import BATCH_AXES
+
+SWA_IMPLS = ("auto", "xla", "cudnn", "splash")
+_NEG = -1e30
+
+
+def _check(q, k, v):
+  if q.ndim != 4 or k.shape != v.shape or k.ndim != 4:
+    raise ValueError(f"attention: q [B,T,H,D], k/v [B,T,Hkv,D] expected; got q{q.shape} k{k.shape} v{v.shape}")
+  if q.shape[0] != k.shape[0] or q.shape[1] != k.shape[1] or q.shape[3] != k.shape[3]:
+    raise ValueError(f"attention: q{q.shape} and k{k.shape} differ in batch, length or head dim")
+  if q.shape[2] % k.shape[2]:
+    raise ValueError(f"attention: {q.shape[2]} query heads not divisible by {k.shape[2]} kv heads")
+
+
+def swa_xla(q_BxTxHxD, k_BxTxGxD, v_BxTxGxD, window: int):
+  """Blockwise sliding-window attention in plain jnp; memory O(B*H*T*2*min(W,T))."""
+  B, T, H, D = q_BxTxHxD.shape
+  G = k_BxTxGxD.shape[2]
+  R = H // G
+  blk = max(1, min(window, T))
+  nb = -(-T // blk)
+  pad = nb * blk - T
+  if pad:
+    padw = ((0, 0), (0, pad), (0, 0), (0, 0))
+    q_BxTxHxD, k_BxTxGxD, v_BxTxGxD = (jnp.pad(x, padw) for x in (q_BxTxHxD, k_BxTxGxD, v_BxTxGxD))
+  q = q_BxTxHxD.reshape(B, nb, blk, G, R, D)
+  k = k_BxTxGxD.reshape(B, nb, blk, G, D)
+  v = v_BxTxGxD.reshape(B, nb, blk, G, D)
+  zeros = jnp.zeros_like(k[:, :1])
+  k2 = jnp.concatenate([jnp.concatenate([zeros, k[:, :-1]], 1), k], axis=2)  # [B,nb,2blk,G,D]
+  v2 = jnp.concatenate([jnp.concatenate([zeros, v[:, :-1]], 1), v], axis=2)
+  qpos = jnp.arange(blk)[:, None] + blk
+  kpos = jnp.arange(2 * blk)[None, :]
+  rel = qpos - kpos
+  mask = (rel >= 0) & (rel < window)  # [blk, 2blk]
+  first = jnp.arange(nb)[:, None, None] > 0
+  mask = mask[None] & (first | (kpos >= blk)[None])  # block 0 has no previous block
+  s = jnp.einsum("bnqgrd,bnkgd->bngrqk", q, k2, preferred_element_type=jnp.float32)
+  s = s / jnp.sqrt(jnp.float32(D))
+  s = jnp.where(mask[None, :, None, None], s, _NEG)
+  p = jax.nn.softmax(s, axis=-1)
+  o = jnp.einsum("bngrqk,bnkgd->bnqgrd", p.astype(v2.dtype), v2, preferred_element_type=jnp.float32)
+  o = o.reshape(B, nb * blk, H, D)[:, :T]
+  return o.astype(q_BxTxHxD.dtype)
+
+
+def attention_reference(q_BxTxHxD, k_BxTxGxD, v_BxTxGxD, window: int | None = None,
+                        causal: bool = True):
+  """Dense O(T^2) attention (window=None: full causal, or bidirectional if causal=False)."""
+  B, T, H, D = q_BxTxHxD.shape
+  G = k_BxTxGxD.shape[2]
+  q = q_BxTxHxD.reshape(B, T, G, H // G, D)
+  s = jnp.einsum("bqgrd,bkgd->bgrqk", q, k_BxTxGxD, preferred_element_type=jnp.float32)
+  s = s / jnp.sqrt(jnp.float32(D))
+  if causal:
+    rel = jnp.arange(T)[:, None] - jnp.arange(T)[None, :]
+    mask = rel >= 0
+    if window is not None:
+      mask &= rel < window
+    s = jnp.where(mask, s, _NEG)
+  p = jax.nn.softmax(s, axis=-1)
+  o = jnp.einsum("bgrqk,bkgd->bqgrd", p.astype(v_BxTxGxD.dtype), v_BxTxGxD,
+                 preferred_element_type=jnp.float32)
+  return o.reshape(B, T, H, D).astype(q_BxTxHxD.dtype)
+
+
+def _swa_cudnn(q, k, v, window: int):
+  return jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=(window - 1, 0),
+                                      implementation="cudnn")
+
+
+def _full_cudnn(q, k, v):
+  return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+
+
+def _splash(q_BxTxHxD, k_BxTxGxD, v_BxTxGxD, window: int | None):
+  """Pallas TPU splash attention with a causal local mask (window=None: plain causal).
+
+  Off TPU it runs in Pallas interpret mode (slow; for tests on CPU).
+  """
+  interpret = jax.default_backend() != "tpu"
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+  B, T, H, D = q_BxTxHxD.shape
+  G = k_BxTxGxD.shape[2]
+  if G != H:
+    k_BxTxGxD = jnp.repeat(k_BxTxGxD, H // G, axis=2)
+    v_BxTxGxD = jnp.repeat(v_BxTxGxD, H // G, axis=2)
+  Tp = -(-T // 128) * 128
+  if Tp != T:
+    padw = ((0, 0), (0, Tp - T), (0, 0), (0, 0))
+    q_BxTxHxD, k_BxTxGxD, v_BxTxGxD = (jnp.pad(x, padw) for x in (q_BxTxHxD, k_BxTxGxD, v_BxTxGxD))
+  if window is None:
+    one = sm.CausalMask((Tp, Tp))
+  else:
+    one = sm.LocalMask((Tp, Tp), window_size=(window - 1, 0), offset=0)
+  mask = sm.MultiHeadMask([one] * H)
+  blk = min(512, Tp)
+  bs = sk.BlockSizes(block_q=blk, block_kv=blk, block_kv_compute=min(blk, 128),
+                     block_q_dkv=blk, block_kv_dkv=blk, block_kv_dkv_compute=min(blk, 128),
+                     block_q_dq=blk, block_kv_dq=blk)
+  kernel = sk.make_splash_mha(mask, block_sizes=bs, head_shards=1, q_seq_shards=1, interpret=interpret)
+  scale = 1.0 / math.sqrt(D)
+  to_h = lambda x: jnp.swapaxes(x, 1, 2)  # [B,H,T,D]
+  o = jax.vmap(kernel)(to_h(q_BxTxHxD * jnp.asarray(scale, q_BxTxHxD.dtype)), to_h(k_BxTxGxD),
+                       to_h(v_BxTxGxD))
+  return jnp.swapaxes(o, 1, 2)[:, :T]
+
+
+def _per_device(fn, *args):
+  """Runs a per-device kernel under the current mesh with batch and heads sharded, if any."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or all(s == 1 for s in mesh.shape.values()):
+    return fn(*args)
+  names = set(mesh.axis_names)
+  batch = tuple(a for a in BATCH_AXES if a in names) or None
+  heads = "tensor" if "tensor" in names else None
+  spec = P(batch, None, heads, None)
+  return jax.shard_map(fn, mesh=mesh, in_specs=(spec,) * len(args), out_specs=spec,
+                       check_vma=False)(*args)
+
+
+def resolve_attention_impl(impl: str, q) -> str:
+  if impl not in SWA_IMPLS:
+    raise ValueError(f"sliding-window attention: unknown impl {impl!r}; choose from {SWA_IMPLS}")
+  if impl != "auto":
+    return impl
+  backend = jax.default_backend()
+  if backend == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] % 8 == 0 \
+      and q.shape[-1] <= 128:
+    return "cudnn"
+  if backend == "tpu":
+    return "splash"
+  return "xla"
+
+
+def sliding_window_attention(q, k, v, window: int, *, impl: str = "auto"):
+  """Causal attention over the last `window` positions. q [B,T,H,D], k/v [B,T,Hkv,D]."""
+  _check(q, k, v)
+  if window < 1:
+    raise ValueError(f"sliding_window_attention: window must be >= 1, got {window}")
+  name = resolve_attention_impl(impl, q)
+  if name == "xla":
+    return swa_xla(q, k, v, window)
+  if name == "cudnn":
+    return _per_device(functools.partial(_swa_cudnn, window=window), q, k, v)
+  return _per_device(functools.partial(_splash, window=window), q, k, v)
+
+
+def causal_attention(q, k, v, *, impl: str = "auto"):
+  """Full causal attention (the full-attention baseline). q [B,T,H,D], k/v [B,T,Hkv,D]."""
+  _check(q, k, v)
+  name = resolve_attention_impl(impl, q)
+  if name == "xla":
+    return attention_reference(q, k, v, window=None, causal=True)
+  if name == "cudnn":
+    return _per_device(_full_cudnn, q, k, v)
+  return _per_device(functools.partial(_splash, window=None), q, k, v)
