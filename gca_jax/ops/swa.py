@@ -88,13 +88,25 @@ def attention_reference(q_BxTxHxD, k_BxTxGxD, v_BxTxGxD, window: int | None = No
   return o.reshape(B, T, H, D).astype(q_BxTxHxD.dtype)
 
 
-def _swa_cudnn(q, k, v, window: int):
-  return jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=(window - 1, 0),
-                                      implementation="cudnn")
+def _pad_even(fn):
+  """cuDNN rejects odd sequence lengths in training with a mask; causal right padding is inert."""
+  def wrapped(q, k, v):
+    T = q.shape[1]
+    if T % 2 == 0:
+      return fn(q, k, v)
+    padw = ((0, 0), (0, 1), (0, 0), (0, 0))
+    return fn(*(jnp.pad(x, padw) for x in (q, k, v)))[:, :T]
+  return wrapped
 
 
+@_pad_even
 def _full_cudnn(q, k, v):
   return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+
+
+def _swa_cudnn(q, k, v, window: int):
+  return _pad_even(lambda q, k, v: jax.nn.dot_product_attention(
+      q, k, v, is_causal=True, local_window_size=(window - 1, 0), implementation="cudnn"))(q, k, v)
 
 
 def _splash(q_BxTxHxD, k_BxTxGxD, v_BxTxGxD, window: int | None):
