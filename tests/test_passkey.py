@@ -1,0 +1,207 @@
+"""Passkey samples: official and Landmark formats, chunk layout of the answer (SPEC §4, §7)."""
+
+import os
+
+import numpy as np
+import pytest
+
+from gca_jax.data import (PasskeyConfig, Tokenizer, answer_start, insert_passkey,
+                          make_landmark_passkey_sample, make_passkey_sample, tokenize_corpus)
+from gca_jax.data.passkey import (LANDMARK_FILLER, LANDMARK_NEEDLE, LANDMARK_TASK, NEEDLE_HEAD,
+                                  QUESTION_HEAD, QUESTION_TAIL)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED = os.path.join(ROOT, "data", "tokenizer", "gca_tiny.model")
+VALID = os.path.join(ROOT, "data", "corpus", "valid")
+CT = 63
+
+
+@pytest.fixture(scope="module")
+def tok():
+  return Tokenizer.load(SHIPPED)
+
+
+@pytest.fixture(scope="module")
+def book(tok):
+  return np.asarray(tokenize_corpus(VALID, tok).tokens)
+
+
+def test_config_validation():
+  assert PasskeyConfig(0.25).key_len_train == 10
+  with pytest.raises(ValueError, match=r"fraction=1.5: must lie in \[0, 1\]"):
+    PasskeyConfig(1.5)
+  with pytest.raises(ValueError, match="answer_offset=0: must be a positive integer"):
+    PasskeyConfig(0.1, answer_offset=0)
+  with pytest.raises(ValueError, match="answer_offset=60 \\+ key_len_train=10 must fit"):
+    PasskeyConfig(0.1, answer_offset=60)
+
+
+def test_answer_start_arithmetic():
+  assert answer_start(CT * 4 + 1, 10) == CT * 3 + 4  # training window, seq_len = 4 chunks
+  assert answer_start(CT * 4, 5) == CT * 3 + 4  # eval sample of 4 chunks
+  assert answer_start(CT * 4 + 6, 10) == CT * 3 + 4  # partial last chunk too small: chunk 3
+  assert answer_start(CT * 4 + 61, 10) == CT * 4 + 4  # partial last chunk holds the answer
+  assert answer_start(CT * 4 + 1, 10, answer_offset=1) == CT * 3 + 1
+  with pytest.raises(ValueError, match="needs at least 77"):
+    answer_start(70, 10)
+
+
+def test_official_question_tokens(tok):
+  assert len(tok.encode(QUESTION_TAIL)) == 4
+  assert len(tok.encode(QUESTION_HEAD)) == 7
+
+
+def test_insert_passkey_layout(tok, book):
+  seq_len = CT * 8
+  window = book[1000:1000 + seq_len + 1]
+  out, weights, info = insert_passkey(window, tok, np.random.default_rng(0), key_len=10)
+  key = np.asarray(info.key)
+  assert out.shape == (seq_len + 1,) and out.dtype == np.int32
+  assert weights.shape == (seq_len,) and weights.dtype == np.float32
+  inputs, targets = out[:-1], out[1:]
+  # answer: P[0] is input 7*63+4 = 445, predicted by the logits at 444, in the last chunk (7)
+  assert info.answer_start == 445 and info.answer_target_index == 444
+  assert 444 // CT == 7 and seq_len // CT - 1 == 7
+  np.testing.assert_array_equal(inputs[445:455], key)
+  assert targets[444] == key[0] and targets[453] == key[9]
+  # question: 11 tokens at [434, 445); "|What is the passkey?" fills the end of chunk 6
+  question = tok.encode(QUESTION_HEAD) + tok.encode(QUESTION_TAIL)
+  assert info.question_start == 434 and 434 // CT == 6
+  np.testing.assert_array_equal(out[434:445], question)
+  assert tok.decode(out[434:441]) == QUESTION_HEAD and 440 == 7 * CT - 1
+  assert tok.decode(out[441:445]) == QUESTION_TAIL and 441 == 7 * CT
+  # needle: "|The passkey is:" P "|" ends before chunk 6 (two chunks before the last)
+  head = tok.encode(NEEDLE_HEAD)
+  s = info.needle_start
+  np.testing.assert_array_equal(out[s:s + len(head)], head)
+  assert info.key_start == s + len(head)
+  np.testing.assert_array_equal(out[info.key_start:info.key_start + 10], key)
+  assert tok.decode(out[info.key_start + 10:info.key_start + 11]) == "|"
+  assert info.key_start + 11 <= 6 * CT
+  # loss: 1 up to the target of P's last token (index 453), 0 after
+  assert weights[:454].min() == 1.0 and weights[454:].max() == 0.0
+  assert weights.sum() == 454.0
+  # the rest is the window's own text, in order
+  needle_len = len(head) + 11
+  kept = np.concatenate([out[:s], out[s + needle_len:434], out[455:]])
+  np.testing.assert_array_equal(kept, window[:len(kept)])
+  assert len(kept) == seq_len + 1 - needle_len - 11 - 10
+  # key ids are ordinary pieces
+  assert np.isin(key, tok.ordinary_ids).all() and key.min() >= 258
+
+
+def test_insert_passkey_positions_and_seeds(tok, book):
+  window = book[:CT * 8 + 1]
+  starts = []
+  for seed in range(200):
+    _, _, info = insert_passkey(window, tok, np.random.default_rng(seed), key_len=10)
+    starts.append(info.needle_start)
+    assert info.key_start + 11 <= 6 * CT
+  needle_len = len(tok.encode(NEEDLE_HEAD)) + 11
+  assert min(starts) >= 0 and max(starts) <= 6 * CT - needle_len
+  assert len(set(starts)) > 100
+  a = insert_passkey(window, tok, np.random.default_rng(7), key_len=10)
+  b = insert_passkey(window, tok, np.random.default_rng(7), key_len=10)
+  c = insert_passkey(window, tok, np.random.default_rng(8), key_len=10)
+  np.testing.assert_array_equal(a[0], b[0])
+  assert a[2] == b[2] and a[2].key != c[2].key
+
+
+def test_insert_passkey_partial_last_chunk(tok, book):
+  seq_len = CT * 8 + 5  # last chunk (8) has 5 positions: the answer goes in chunk 7
+  out, weights, info = insert_passkey(book[:seq_len + 1], tok, np.random.default_rng(1), 10)
+  assert info.answer_start == 7 * CT + 4 and info.answer_target_index // CT == 7
+  assert weights.sum() == 7 * CT + 4 + 10 - 1
+
+
+def test_insert_passkey_too_short(tok, book):
+  with pytest.raises(ValueError, match="too short for a passkey sample"):
+    insert_passkey(book[:CT * 2 + 1], tok, np.random.default_rng(0), key_len=10)
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.37, 1.0])
+def test_official_eval_sample(tok, depth):
+  filler = np.arange(5000, 8000, dtype=np.int32)  # distinct ids: the filler's order is visible
+  length = CT * 16
+  sample = make_passkey_sample(filler, length, depth, tok, np.random.default_rng(3))
+  t, key = sample.tokens, np.asarray(sample.key)
+  assert t.shape == (length,) and t.dtype == np.int32 and len(key) == 5
+  assert sample.answer_index == 15 * CT + 3 and sample.answer_index // CT == 15
+  np.testing.assert_array_equal(t[sample.answer_index + 1:sample.answer_index + 6], key)
+  question = tok.encode(QUESTION_HEAD) + tok.encode(QUESTION_TAIL)
+  assert sample.question_start == 15 * CT + 4 - 11 and sample.question_start // CT == 14
+  np.testing.assert_array_equal(t[sample.question_start:15 * CT + 4], question)
+  head = tok.encode(NEEDLE_HEAD)
+  needle_len = len(head) + 6
+  before = sample.question_start - needle_len
+  assert sample.needle_start == round(depth * before)
+  np.testing.assert_array_equal(t[sample.needle_start:sample.needle_start + len(head)], head)
+  np.testing.assert_array_equal(t[sample.needle_start + len(head):][:5], key)
+  text = np.concatenate([t[:sample.needle_start],
+                         t[sample.needle_start + needle_len:sample.question_start],
+                         t[sample.answer_index + 6:]])
+  assert len(text) == length - needle_len - 11 - 5
+  np.testing.assert_array_equal(text, 5000 + (text[0] - 5000 + np.arange(len(text))) % 3000)
+
+
+def test_official_eval_sample_wraps_short_filler(tok):
+  filler = np.arange(5000, 5100, dtype=np.int32)
+  sample = make_passkey_sample(filler, CT * 8, 0.5, tok, np.random.default_rng(0))
+  body = sample.tokens[:sample.needle_start]
+  assert set(np.diff(body).tolist()) <= {1, -99}
+  assert (np.diff(body) == -99).sum() >= 1
+
+
+def test_official_eval_sample_seeds(tok, book):
+  a = make_passkey_sample(book, CT * 16, 0.5, tok, np.random.default_rng(5))
+  b = make_passkey_sample(book, CT * 16, 0.5, tok, np.random.default_rng(5))
+  c = make_passkey_sample(book, CT * 16, 0.5, tok, np.random.default_rng(6))
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  assert a.key == b.key and a.key != c.key
+  with pytest.raises(ValueError, match="depth=1.5"):
+    make_passkey_sample(book, CT * 16, 1.5, tok, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.5, 1.0])
+def test_landmark_sample(tok, depth):
+  length = CT * 16
+  sample = make_landmark_passkey_sample(length, depth, tok, np.random.default_rng(4))
+  t = sample.tokens
+  assert t.shape == (length,) and t.dtype == np.int32
+  key_text = tok.decode(sample.key)
+  n = int(key_text)
+  assert 1 <= n <= 50000 and key_text == str(n)
+  assert sample.answer_index == 15 * CT + 3 and sample.answer_index // CT == 15
+  np.testing.assert_array_equal(t[sample.answer_index + 1:][:len(sample.key)], sample.key)
+  assert tok.decode(t[sample.question_start:sample.answer_index + 1]) == \
+      " What is the pass key? The pass key is "
+  assert sample.question_start // CT == 14
+  task = tok.encode(LANDMARK_TASK)
+  np.testing.assert_array_equal(t[:len(task)], task)
+  needle = tok.encode(LANDMARK_NEEDLE.format(n=n))
+  np.testing.assert_array_equal(t[sample.needle_start:sample.needle_start + len(needle)], needle)
+  unit = len(tok.encode(" " + LANDMARK_FILLER))
+  offset = sample.needle_start - len(task)
+  before = sample.question_start - len(task) - len(needle)
+  assert offset % unit == 0
+  if depth == 0.0:
+    assert offset == 0
+  if depth == 1.0:
+    assert offset == (before // unit) * unit
+  if depth == 0.5:
+    assert abs(offset - before / 2) <= unit / 2
+  text = tok.decode(t)
+  after_task = " The pass key is" if offset == 0 else " " + LANDMARK_FILLER
+  assert text.startswith(LANDMARK_TASK + after_task)
+  assert text.count(f"The pass key is {n}. Remember it. {n} is the pass key.") == 1
+
+
+def test_landmark_keys_and_seeds(tok):
+  keys = [int(tok.decode(make_landmark_passkey_sample(CT * 8, 0.5, tok,
+                                                      np.random.default_rng(s)).key))
+          for s in range(50)]
+  assert all(1 <= k <= 50000 for k in keys) and len(set(keys)) > 45
+  a = make_landmark_passkey_sample(CT * 8, 0.3, tok, np.random.default_rng(9))
+  b = make_landmark_passkey_sample(CT * 8, 0.3, tok, np.random.default_rng(9))
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  assert a.answer_index == b.answer_index == 7 * CT + 3

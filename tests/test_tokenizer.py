@@ -1,0 +1,138 @@
+"""Tokenizer: exact round trip, special ids, long training lines, determinism (SPEC §4 data)."""
+
+import os
+
+import numpy as np
+import pytest
+
+from gca_jax.data import CorpusError, Tokenizer, train_tokenizer, training_sentences
+from gca_jax.data.tokenizer import split_long_line
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED = os.path.join(ROOT, "data", "tokenizer", "gca_tiny.model")
+VALID = os.path.join(ROOT, "data", "corpus", "valid")
+
+
+@pytest.fixture(scope="module")
+def tok():
+  return Tokenizer.load(SHIPPED)
+
+
+ROUND_TRIP = [
+    "Call me Ishmael.",
+    "  two leading spaces, three   inside, trailing \t\n",
+    "line one\n\nline three\r\nwindows line",
+    "emoji 😀🐳 and CJK 漢字かな한글",
+    "NFKC would change these: ﬁ Ａ ① e\u0301 \u00a0nbsp",
+    "\x00nul and \x7f del",
+    "",
+    " ",
+    "\n",
+]
+
+
+@pytest.mark.parametrize("text", ROUND_TRIP)
+def test_round_trip_exact(tok, text):
+  assert tok.decode(tok.encode(text)) == text
+
+
+def test_round_trip_whole_chapter(tok):
+  path = os.path.join(VALID, sorted(os.listdir(VALID))[0])
+  text = open(path, encoding="utf-8").read()
+  ids = tok.encode(text)
+  assert tok.decode(ids) == text
+  assert 3.0 < len(text) / len(ids) < 6.0
+
+
+def test_byte_fallback_for_unseen_characters(tok):
+  ids = tok.encode("漢")
+  assert [tok.id_to_piece(i) for i in ids] == ["<0xE6>", "<0xBC>", "<0xA2>"]
+  assert [tok.id_to_piece(i) for i in tok.encode("\n")] == ["<0x0A>"]
+
+
+def test_special_ids(tok):
+  assert tok.vocab_size == 4096
+  assert tok.eot_id == 1
+  assert tok.id_to_piece(tok.eot_id) == "<eot>"
+  assert tok.id_to_piece(0) == "<unk>"
+  assert tok.eot_id not in tok.encode("<eot> end of text")
+  assert tok.decode([tok.eot_id]) == ""
+  assert min(tok.encode("Thar she blows")) >= 258
+  assert len(tok.ordinary_ids) == 4096 - 2 - 256
+  assert tok.ordinary_ids.min() == 258
+  assert tok.model_path == SHIPPED
+
+
+def test_no_dummy_prefix(tok):
+  assert tok.id_to_piece(tok.encode("The")[0]) == "The"
+  assert tok.id_to_piece(tok.encode(" The")[0]) == "▁The"
+
+
+def test_meta_symbol_decodes_as_space(tok):
+  assert tok.decode(tok.encode("a\u2581b")) == "a b"
+
+
+def test_split_long_line_cuts_before_spaces():
+  line = "word " * 300
+  pieces = split_long_line(line, 64)
+  assert "".join(pieces) == line
+  assert all(len(p.encode()) < 64 for p in pieces)
+  assert all(p.startswith(" ") for p in pieces[1:])
+  assert len(pieces) == 25
+
+
+def test_split_long_line_multibyte_without_spaces():
+  line = "漢字" * 100
+  pieces = split_long_line(line, 10)
+  assert "".join(pieces) == line
+  assert [len(p) for p in pieces[:3]] == [3, 3, 3]
+  assert all(len(p.encode()) < 10 for p in pieces)
+
+
+def test_training_sentences_keep_long_line():
+  long_line = "zqxv " * 2000
+  sents = list(training_sentences(["short line\n\n" + long_line + "\nend"], 4192))
+  assert sents[0] == "short line"
+  assert sents[-1] == "end"
+  assert "".join(sents[1:-1]) == long_line
+  assert len(sents) == 5
+  assert max(len(s.encode()) for s in sents) < 4192
+
+
+def test_long_line_is_learned(tmp_path):
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  (corpus / "a.txt").write_text("the cat sat on the mat. " * 20 + "\n" + "zqxv " * 2000 + "\n")
+  t = Tokenizer.load(train_tokenizer(str(corpus), str(tmp_path / "tok"), 300))
+  assert [t.id_to_piece(i) for i in t.encode(" zqxv zqxv")] == ["▁zqxv", "▁zqxv"]
+
+
+def test_training_is_deterministic(tmp_path):
+  a = train_tokenizer(VALID, str(tmp_path / "a"), 600, seed=3)
+  b = train_tokenizer([VALID], str(tmp_path / "b"), 600, seed=3)
+  assert open(a, "rb").read() == open(b, "rb").read()
+  t = Tokenizer.load(a)
+  assert t.vocab_size == 600
+  text = "Thar she blows! 🐋 — 鯨"
+  assert t.decode(t.encode(text)) == text
+
+
+def test_errors(tmp_path):
+  with pytest.raises(CorpusError, match="no corpus paths"):
+    train_tokenizer([], str(tmp_path / "x"), 300)
+  with pytest.raises(FileNotFoundError, match="missing.model"):
+    Tokenizer.load(tmp_path / "missing.model")
+  with pytest.raises(CorpusError, match="does not exist"):
+    train_tokenizer(str(tmp_path / "nope"), str(tmp_path / "x"), 300)
+
+
+def test_encode_batch_matches_encode(tok):
+  texts = ["one", "two words", "漢字 three"]
+  assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
+  assert isinstance(tok.ordinary_ids, np.ndarray)
+
+
+def test_vocab_too_large_for_corpus(tmp_path):
+  (tmp_path / "a.txt").write_text("tiny corpus\n")
+  with pytest.raises(CorpusError, match="training a 5000-piece tokenizer"):
+    train_tokenizer(str(tmp_path), str(tmp_path / "tok"), 5000)
