@@ -79,3 +79,23 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
 
 def batch_size_divisor(mesh: Mesh) -> int:
   return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def per_device_call(fn, args, arg_dims, out_dims):
+  """Runs a per-device kernel `fn(*args)` under the current mesh (`jax.set_mesh`) via shard_map.
+
+  `arg_dims` / `out_dims` name each array dimension: "batch" (split over data x fsdp), "heads"
+  (split over tensor) or None (whole on every device). Without a mesh, or on a mesh of one
+  device, `fn` is called directly. Library and Pallas kernels are opaque to XLA's partitioner,
+  which would otherwise gather their inputs onto every device.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or all(s == 1 for s in mesh.shape.values()):
+    return fn(*args)
+  names = set(mesh.axis_names)
+  batch = tuple(a for a in BATCH_AXES if a in names) or None
+  heads = "tensor" if "tensor" in names else None
+  to_spec = lambda dims: P(*[batch if d == "batch" else heads if d == "heads" else None
+                             for d in dims])
+  return jax.shard_map(fn, mesh=mesh, in_specs=tuple(to_spec(d) for d in arg_dims),
+                       out_specs=to_spec(out_dims), check_vma=False)(*args)

@@ -15,6 +15,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from gca_jax.sharding import per_device_call
+
 
 class UnsupportedGCAInput(ValueError):
   """The chosen GCA implementation cannot run these shapes or dtypes."""
@@ -81,12 +83,26 @@ def register_gca_impl(name: str, fn: Callable, platforms: tuple[str, ...],
   _IMPLS[name] = _Impl(fn, tuple(platforms), supports)
 
 
+_KERNELS_LOADED = False
+
+
+def _load_kernels() -> None:
+  """Imports gca_jax.kernels once (lazily: keeps Pallas out of `import gca_jax`); it registers
+  "pallas_triton" (GPU) and "pallas_tpu" (TPU)."""
+  global _KERNELS_LOADED
+  if not _KERNELS_LOADED:
+    _KERNELS_LOADED = True
+    import gca_jax.kernels  # noqa: F401
+
+
 def available_gca_impls() -> tuple[str, ...]:
+  _load_kernels()
   return ("auto", "xla") + tuple(_IMPLS)
 
 
 def resolve_gca_impl(impl: str, q, k, v, indices, weights) -> str:
   """Maps `impl` to a concrete implementation name, or raises a clear error."""
+  _load_kernels()
   if impl == "xla":
     return impl
   backend = jax.default_backend()
@@ -115,4 +131,7 @@ def grouped_cross_attention(q, k, v, indices, weights, *, impl: str = "auto"):
   name = resolve_gca_impl(impl, q, k, v, indices, weights)
   if name == "xla":
     return gca_reference(q, k, v, indices, weights)
-  return _IMPLS[name].fn(q, k, v, indices, weights)
+  chunked = ("batch", None, None, "heads", None)
+  slots = ("batch", None, None)
+  return per_device_call(_IMPLS[name].fn, (q, k, v, indices, weights),
+                         (chunked, chunked, chunked, slots, slots), chunked)

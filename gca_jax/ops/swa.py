@@ -19,9 +19,8 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
 
-from gca_jax.sharding import BATCH_AXES
+from gca_jax.sharding import per_device_call
 
 SWA_IMPLS = ("auto", "xla", "cudnn", "splash")
 _NEG = -1e30
@@ -144,16 +143,8 @@ def _splash(q_BxTxHxD, k_BxTxGxD, v_BxTxGxD, window: int | None):
 
 
 def _per_device(fn, *args):
-  """Runs a per-device kernel under the current mesh with batch and heads sharded, if any."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or all(s == 1 for s in mesh.shape.values()):
-    return fn(*args)
-  names = set(mesh.axis_names)
-  batch = tuple(a for a in BATCH_AXES if a in names) or None
-  heads = "tensor" if "tensor" in names else None
-  spec = P(batch, None, heads, None)
-  return jax.shard_map(fn, mesh=mesh, in_specs=(spec,) * len(args), out_specs=spec,
-                       check_vma=False)(*args)
+  dims = ("batch", None, "heads", None)
+  return per_device_call(fn, args, (dims,) * len(args), dims)
 
 
 def resolve_attention_impl(impl: str, q) -> str:
