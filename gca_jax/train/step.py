@@ -1,0 +1,142 @@
+"""Jitted train and eval steps.
+
+Train step = forward + backward over `grad_accum` microbatches (a `lax.scan`), one clipped AdamW
+update. The loss is the weighted mean over the *whole* global batch: each microbatch contributes
+its NLL **sum** and its weight count, and the gradient sum is divided by the total count at the
+end, so accumulation gives the big-batch gradient up to float rounding, whatever the number of
+scored tokens in each microbatch.
+
+Microbatch i takes rows {i, i + A, i + 2A, ...} of the global batch (A = grad_accum), which keeps
+every microbatch spread over all batch shards: no data moves between devices to form it.
+
+Randomness: the Gumbel key of update `s` (0-based, = `state.step` before it) is
+`fold_in(base, s)`, and microbatch i uses `fold_in(that, i)`; a resumed run therefore replays
+exactly the same noise. With grad_accum > 1 the noise differs from that of a single big-batch
+draw (same distribution), so DRT's Gumbel top-k is the one thing that is not bit-comparable
+between accumulation settings.
+
+Non-finite guard: if the loss or the gradient norm is NaN/Inf, the returned state is the input
+state unchanged (step not incremented) and `metrics["finite"]` is False; the trainer stops.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from gca_jax.models.loss import cross_entropy_loss
+from gca_jax.sharding import BATCH_AXES
+from gca_jax.train.state import TrainState, mesh_context, step_key
+
+
+def _global_norm(tree) -> jax.Array:
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+def _loss_sums(model: nn.Module, params, batch, key, train: bool = True, score=None):
+  """(nll_sum, (num_tokens, num_correct)) of one (micro)batch."""
+  if score is not None:
+    logits = score(model, params, batch["inputs"])
+  else:
+    rngs = {"gumbel": key} if train else None
+    logits = model.apply({"params": params}, batch["inputs"], train=train, rngs=rngs)
+  _, m = cross_entropy_loss(logits, batch["targets"], batch["loss_weights"])
+  n = m["num_tokens"]
+  correct = m["accuracy"] * jnp.maximum(n, 1.0)
+  return m["nll_sum"], (n, correct)
+
+
+def _split_microbatches(batch: dict, accum: int, mesh: Mesh | None) -> dict:
+  """[B, ...] -> [A, B/A, ...], microbatch i = rows i::A (stays evenly sharded)."""
+  out = {}
+  for k, v in batch.items():
+    b = v.shape[0]
+    x = v.reshape(b // accum, accum, *v.shape[1:]).swapaxes(0, 1)
+    if mesh is not None:
+      spec = P(None, BATCH_AXES, *([None] * (v.ndim - 1)))
+      x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+    out[k] = x
+  return out
+
+
+def train_step_fn(model: nn.Module, tx: optax.GradientTransformation,
+                  schedule: optax.Schedule, grad_accum: int = 1,
+                  mesh: Mesh | None = None, param_shardings=None) -> Callable:
+  """The pure (un-jitted) step: (state, batch) -> (state, metrics)."""
+  vg = jax.value_and_grad(lambda p, b, k: _loss_sums(model, p, b, k), has_aux=True)
+
+  def step(state: TrainState, batch: dict):
+    key = step_key(state.rng, state.step)
+    if grad_accum == 1:
+      (nll, (n, correct)), grads = vg(state.params, batch, jax.random.fold_in(key, 0))
+    else:
+      micro = _split_microbatches(batch, grad_accum, mesh)
+      zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+      if param_shardings is not None:
+        zeros = jax.lax.with_sharding_constraint(zeros, param_shardings)
+
+      def body(carry, xs):
+        i, mb = xs
+        g_acc, nll_acc, n_acc, c_acc = carry
+        (nll, (n, c)), g = vg(state.params, mb, jax.random.fold_in(key, i))
+        g_acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
+        return (g_acc, nll_acc + nll, n_acc + n, c_acc + c), None
+
+      z = jnp.zeros((), jnp.float32)
+      (grads, nll, n, correct), _ = jax.lax.scan(
+          body, (zeros, z, z, z), (jnp.arange(grad_accum), micro))
+    denom = jnp.maximum(n, 1.0)
+    grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state.params)
+    loss = nll / denom
+    grad_norm = _global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
+               "num_tokens": n, "accuracy": correct / denom, "finite": finite}
+    return new, metrics
+
+  return step
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, mesh: Mesh, state_shardings: TrainState,
+                    batch_shardings: dict, grad_accum: int = 1) -> Callable:
+  """Jitted `(state, batch) -> (state, metrics)`; the input state is donated."""
+  step = train_step_fn(model, tx, schedule, grad_accum, mesh, state_shardings.params)
+  jitted = jax.jit(step, in_shardings=(state_shardings, batch_shardings),
+                   out_shardings=(state_shardings, None), donate_argnums=(0,))
+
+  def run(state, batch):
+    with mesh_context(mesh):
+      return jitted(state, batch)
+
+  run.jitted = jitted  # type: ignore[attr-defined]
+  return run
+
+
+def make_eval_step(model: nn.Module, mesh: Mesh, param_shardings,
+                   batch_shardings: dict, score: Callable | None = None) -> Callable:
+  """Jitted `(params, batch) -> {"nll_sum", "num_tokens", "num_correct"}` (train=False).
+
+  `score(model, params, tokens) -> logits` replaces the plain eval-mode forward if given
+  (see `gca_jax.evaluation.score_fn`).
+  """
+  def step(params, batch):
+    nll, (n, correct) = _loss_sums(model, params, batch, None, train=False, score=score)
+    return {"nll_sum": nll, "num_tokens": n, "num_correct": correct}
+
+  jitted = jax.jit(step, in_shardings=(param_shardings, batch_shardings))
+
+  def run(params, batch):
+    with mesh_context(mesh):
+      return jitted(params, batch)
+
+  return run

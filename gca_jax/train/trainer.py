@@ -1,0 +1,342 @@
+"""The training loop: data, sharded state, jitted step, evals, checkpoints, telemetry, preemption.
+
+`train(config)` runs (or resumes) the run described by a validated run config
+(gca_jax/train/run_config.py) and returns a `TrainResult`. Steps are counted in optimizer
+updates: "step N" is the state after N updates and the N-th batch; checkpoints, metrics and
+messages all use this count.
+
+Loop order per step: dispatch the jitted update on the current batch (asynchronous), fetch and
+place the *next* batch on the host while the device computes, then wait for this step's metrics
+(one small device->host copy per step), check them, log, evaluate, save. The iterator state
+saved with step N is the snapshot taken right after batch N was drawn, so a resumed run sees
+batch N+1 next, exactly as an uninterrupted one.
+
+Stops:
+  - completion: final eval, final save (unless that step is saved already), wait for the save.
+  - SIGTERM (preemption): the current step finishes, the state is saved and the save waited for;
+    `TrainResult.status == "preempted"` (train.py exits 0). With several processes the flag is
+    agreed on by all of them each step, so every host saves the same step.
+  - NaN/Inf loss or gradient norm: `NonFiniteLossError` naming the step; the jitted step left
+    the state untouched and nothing is saved, so the last checkpoint is the last good state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from gca_jax.models.drt import DRT
+from gca_jax.sharding import make_mesh
+from gca_jax.train import run_config as rc
+from gca_jax.train.checkpoint import Checkpointer, CheckpointError
+from gca_jax.train.metrics import MetricsLogger
+from gca_jax.train.optim import make_optimizer
+from gca_jax.train.state import (batch_shardings, check_divisible, init_state, param_count,
+                                 place_batch, state_shardings)
+from gca_jax.train.step import make_train_step
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or gradient norm became NaN/Inf; the message names the step."""
+
+
+@dataclasses.dataclass
+class TrainHooks:
+  """Test/instrumentation hooks (all optional).
+
+  on_batch(step, batch): called with the host batch of step `step` (1-based) before placement.
+  transform_batch(step, batch) -> batch: may rewrite the host batch (e.g. poison it).
+  on_step(step, metrics): after each completed step, with host metrics.
+  """
+  on_batch: Callable[[int, dict], None] | None = None
+  transform_batch: Callable[[int, dict], dict] | None = None
+  on_step: Callable[[int, dict], None] | None = None
+
+
+@dataclasses.dataclass
+class TrainResult:
+  status: str                 # "completed" | "preempted"
+  step: int                   # last completed step
+  start_step: int             # step the run (re)started from
+  last_metrics: dict
+  last_eval: dict | None
+  run_dir: str
+
+
+class _Preemption:
+  """SIGTERM -> flag; restores the previous handler on exit. No-op outside the main thread."""
+
+  def __init__(self):
+    self.flag = threading.Event()
+    self._old = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._old = signal.signal(signal.SIGTERM, self._handler)
+    return self
+
+  def _handler(self, signum, frame):
+    del signum, frame
+    self.flag.set()
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+  def requested(self) -> bool:
+    mine = self.flag.is_set()
+    if jax.process_count() == 1:
+      return mine
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(mine))))
+
+
+# -- data ------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class RunData:
+  tokenizer: Any
+  train_ds: Any
+  eval_windows: dict | None
+  train_tokens: int
+  eval_tokens: np.ndarray | None
+
+
+def build_data(config, model_cfg) -> RunData:
+  """Tokenizer, training dataset (this process's shard) and held-out eval windows."""
+  from gca_jax.data import (PasskeyConfig, Tokenizer, make_eval_windows, make_train_dataset,
+                            tokenize_corpus)
+  d = config.data
+  tok = Tokenizer.load(d.tokenizer)
+  cache = d.cache_dir or None
+  train_stream = tokenize_corpus(d.train_path, tok, cache)
+  passkey = None
+  if d.passkey_fraction > 0:
+    passkey = PasskeyConfig(fraction=float(d.passkey_fraction), key_len_train=d.passkey_key_len,
+                            answer_offset=d.passkey_answer_offset,
+                            chunk_text=model_cfg.text_per_chunk)
+  ds = make_train_dataset(train_stream.tokens, seq_len=d.seq_len,
+                          global_batch_size=config.train.global_batch_size,
+                          seed=d.shuffle_seed, process_index=jax.process_index(),
+                          process_count=jax.process_count(), passkey=passkey, tokenizer=tok)
+  windows = eval_tokens = None
+  if config.train.eval_every >= 0:
+    eval_tokens = np.asarray(tokenize_corpus(d.eval_path, tok, cache).tokens)
+    windows = make_eval_windows(eval_tokens, d.seq_len, d.eval_windows)
+  return RunData(tok, ds, windows, int(len(train_stream.tokens)), eval_tokens)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+def _check_resume_config(saved: dict, current: dict, step: int, msg: Callable[[str], None]):
+  diff = rc.model_diff(saved.get("model", {}), current["model"])
+  if diff:
+    raise CheckpointError(
+        f"run_dir already holds a checkpoint (step {step}) of a different model; "
+        f"resuming would not fit. Differences (saved != given):\n  " + "\n  ".join(diff) +
+        "\nUse a new config.run_dir, or the saved model config.")
+  for sec, fields in (("data", ("train_path", "seq_len", "shuffle_seed", "passkey_fraction")),
+                      ("train", ("global_batch_size", "seed"))):
+    for f in fields:
+      a, b = saved.get(sec, {}).get(f), current[sec].get(f)
+      if a != b:
+        msg(f"warning: config.{sec}.{f} changed since the checkpoint ({a!r} -> {b!r}); the "
+            f"resumed data order / randomness will differ from an uninterrupted run")
+
+
+def _fmt_eta(seconds: float) -> str:
+  if not math.isfinite(seconds) or seconds < 0:
+    return "?"
+  h, rem = divmod(int(seconds), 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _write_config_json(run_dir: str, cfg_dict: dict) -> None:
+  path = os.path.join(run_dir, "config.json")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(cfg_dict, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+# -- the loop --------------------------------------------------------------------------------
+
+def train(config, *, hooks: TrainHooks | None = None, devices=None,
+          message: Callable[[str], None] | None = None) -> TrainResult:
+  """Runs or resumes the training run of `config`; see the module docstring."""
+  hooks = hooks or TrainHooks()
+  devices = list(jax.devices() if devices is None else devices)
+  model_cfg = rc.validate(config, num_devices=len(devices))
+  cfg_dict = rc.to_dict(config)
+  run_dir = os.path.abspath(config.run_dir)
+  is_main = jax.process_index() == 0
+  if is_main:
+    os.makedirs(run_dir, exist_ok=True)
+    _write_config_json(run_dir, cfg_dict)
+
+  def say(text: str):
+    if is_main:
+      (message or print)(text)
+
+  tc = config.train
+  mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
+  data = build_data(config, model_cfg)
+
+  model = DRT(model_cfg)
+  tx, schedule = make_optimizer(tc)
+  abstract, shardings = state_shardings(model, tx, mesh, tc.seed)
+  try:
+    check_divisible(abstract, mesh)
+  except ValueError as e:
+    raise rc.RunConfigError(f"config.mesh: {e}") from e
+
+  ckpt = Checkpointer(run_dir, keep=config.checkpoint.keep,
+                      async_save=config.checkpoint.async_save)
+  it = iter(data.train_ds)
+  latest = ckpt.latest_step()
+  if latest is not None:
+    _, saved_cfg = ckpt.restore_config(latest)
+    _check_resume_config(saved_cfg, cfg_dict, latest, say)
+    _, state, _ = ckpt.restore(latest, abstract, iterator=it)
+    start_step = int(jax.device_get(state.step))
+    if start_step != latest:
+      raise CheckpointError(f"checkpoint {latest} holds state.step={start_step}")
+    say(f"resumed from {ckpt.directory}/{latest}")
+  else:
+    state = init_state(model, tx, mesh, tc.seed, shardings)
+    start_step = 0
+
+  steps = int(tc.steps)
+  gbs, seq_len = int(tc.global_batch_size), int(config.data.seq_len)
+  tokens_per_step = gbs * seq_len
+  say(f"model {model_cfg.model_kind}: {param_count(state.params) / 1e6:.2f}M params; mesh "
+      f"{dict(mesh.shape)} on {len(devices)} {devices[0].platform} device(s); batch {gbs} x "
+      f"{seq_len} tokens (grad_accum {tc.grad_accum}); train stream {data.train_tokens} tokens; "
+      f"steps {start_step} -> {steps}; run_dir {run_dir}")
+
+  logger = MetricsLogger(run_dir, total_steps=steps, start_step=start_step, enabled=is_main,
+                         progress_bar=bool(tc.progress_bar) and _stderr_tty())
+  if message is None:
+    say = logger.message if is_main else (lambda _t: None)  # noqa: F811 - route through the bar
+  logger.event(start_step, "resume" if start_step else "start", steps=steps)
+
+  example = {"inputs": np.zeros((gbs, seq_len), np.int32),
+             "targets": np.zeros((gbs, seq_len), np.int32),
+             "loss_weights": np.zeros((gbs, seq_len), np.float32)}
+  b_shard = batch_shardings(mesh, example)
+  train_step = make_train_step(model, tx, schedule, mesh, shardings, b_shard,
+                               grad_accum=int(tc.grad_accum))
+  evaluator = None
+  if data.eval_windows is not None:
+    from gca_jax.evaluation import Evaluator
+    evaluator = Evaluator(model, mesh, shardings.params)
+
+  def run_eval(step: int) -> dict:
+    t0 = time.time()
+    r = evaluator.perplexity(state.params, data.eval_windows, int(tc.eval_batch_size))
+    out = {"eval_loss": r["loss"], "eval_ppl": r["ppl"], "eval_accuracy": r["accuracy"],
+           "eval_tokens": r["tokens"]}
+    logger.eval(step, out)
+    say(f"step {step}: eval loss {r['loss']:.4f} ppl {r['ppl']:.2f} acc {r['accuracy']:.3f} "
+        f"({r['tokens']} tokens, {time.time() - t0:.1f}s)")
+    return out
+
+  def save(step: int, it_state, reason: str) -> None:
+    if ckpt.save(step, state, it_state, cfg_dict,
+                 {"reason": reason, "tokens_seen": step * tokens_per_step}):
+      logger.event(step, "checkpoint", reason=reason)
+
+  def fetch(step: int):
+    batch = next(it)
+    snap = it.get_state()
+    if hooks.on_batch:
+      hooks.on_batch(step, batch)
+    if hooks.transform_batch:
+      batch = hooks.transform_batch(step, batch)
+    return place_batch(batch, mesh, b_shard), snap
+
+  step = start_step
+  last_metrics: dict = {}
+  last_eval = None
+  status = "completed"
+  every = int(config.checkpoint.every)
+  eval_every = int(tc.eval_every)
+  window_t0, window_steps = None, 0
+  compile_s = None
+  try:
+    with _Preemption() as preempt:
+      if step < steps:
+        placed, snap = fetch(step + 1)
+      while step < steps:
+        t_dispatch = time.time()
+        state, metrics = train_step(state, placed)
+        step += 1
+        cur_snap = snap
+        if step < steps:
+          placed, snap = fetch(step + 1)
+        m = {k: v.item() for k, v in jax.device_get(metrics).items()}
+        now = time.time()
+        if not m["finite"]:
+          logger.event(step, "non_finite", loss=m["loss"], grad_norm=m["grad_norm"])
+          raise NonFiniteLossError(
+              f"non-finite loss/gradient at step {step} (loss={m['loss']}, grad_norm="
+              f"{m['grad_norm']}, lr={m['lr']:.3g}); training stopped, this update was not "
+              f"applied and nothing was saved; last checkpoint: {ckpt.latest_step()}")
+        if compile_s is None:
+          compile_s = now - t_dispatch
+          window_t0, window_steps = now, 0
+          say(f"step {step}: first step (incl. compilation) took {compile_s:.1f}s")
+        else:
+          window_steps += 1
+        elapsed = now - window_t0 if window_t0 is not None else 0.0
+        tps = window_steps * tokens_per_step / elapsed if elapsed > 0 and window_steps else 0.0
+        eta = (steps - step) * elapsed / window_steps if window_steps else float("nan")
+        last_metrics = {"loss": m["loss"], "lr": m["lr"], "grad_norm": m["grad_norm"],
+                        "accuracy": m["accuracy"], "tokens_per_s": tps}
+        logger.progress(step, {"loss": m["loss"], "tok/s": f"{tps:,.0f}"})
+        if hooks.on_step:
+          hooks.on_step(step, m)
+        if step % int(tc.log_every) == 0 or step == steps:
+          logger.train(step, {**last_metrics,
+                              "step_time_s": elapsed / window_steps if window_steps else 0.0})
+          say(f"step {step}/{steps}: loss {m['loss']:.4f} lr {m['lr']:.3g} grad_norm "
+              f"{m['grad_norm']:.3f} tokens/s {tps:,.0f} eta {_fmt_eta(eta)}")
+          window_t0, window_steps = time.time(), 0
+        if evaluator is not None and ((eval_every > 0 and step % eval_every == 0)
+                                      or step == steps):
+          last_eval = run_eval(step)
+          window_t0, window_steps = time.time(), 0
+        if (every > 0 and step % every == 0) or step == steps:
+          save(step, cur_snap, "final" if step == steps else "periodic")
+          window_t0, window_steps = time.time(), 0
+        if step < steps and preempt.requested():
+          say(f"SIGTERM received: saving step {step} and exiting")
+          save(step, cur_snap, "preemption")
+          logger.event(step, "preempted")
+          status = "preempted"
+          break
+    ckpt.wait()
+    if status == "completed":
+      logger.event(step, "completed")
+  finally:
+    logger.close()
+    ckpt.close()
+  return TrainResult(status=status, step=step, start_step=start_step, last_metrics=last_metrics,
+                     last_eval=last_eval, run_dir=run_dir)
+
+
+def _stderr_tty() -> bool:
+  import sys
+  try:
+    return sys.stderr.isatty()
+  except Exception:
+    return False

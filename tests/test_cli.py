@@ -1,0 +1,124 @@
+"""train.py / eval.py as a user runs them (subprocesses): smoke runs, SIGTERM, config errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from _train_helpers import ROOT, cli_overrides
+
+
+def _env():
+  env = dict(os.environ)
+  # one CPU device in the subprocess (conftest gives this process 8 fake ones)
+  flags = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                   if "xla_force_host_platform_device_count" not in f)
+  env["XLA_FLAGS"] = flags
+  env["JAX_PLATFORMS"] = "cpu"
+  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  return env
+
+
+def _run(args, timeout=240):
+  return subprocess.run([sys.executable, *args], cwd=ROOT, env=_env(), capture_output=True,
+                        text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("token_cache"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cache):
+  run_dir = str(tmp_path_factory.mktemp("cli") / "run")
+  p = _run(["train.py", "--config", "configs/tiny.py",
+            *cli_overrides(run_dir, cache, **{"train.steps": 3, "train.eval_every": 2})])
+  assert p.returncode == 0, p.stderr[-3000:]
+  return run_dir, p
+
+
+def test_train_smoke(trained):
+  run_dir, p = trained
+  assert "completed at step 3" in p.stdout
+  assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["2", "3"]
+  recs = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]
+  assert [r["step"] for r in recs if "loss" in r] == [1, 2, 3]
+  assert [r["step"] for r in recs if "eval_loss" in r] == [2, 3]
+  assert os.listdir(os.path.join(run_dir, "tensorboard"))
+  cfg = json.load(open(os.path.join(run_dir, "config.json")))
+  assert cfg["model"]["d_model"] == 32 and cfg["model"]["upper_groups"] == [1]
+
+
+def test_eval_smoke(trained, tmp_path):
+  run_dir, _ = trained
+  out = str(tmp_path / "result.json")
+  p = _run(["eval.py", "--run_dir", run_dir, "--task", "all", "--lengths", "90,120",
+            "--num_samples", "2", "--depths", "0,1", "--ppl_windows", "3", "--out", out])
+  assert p.returncode == 0, p.stderr[-3000:]
+  r = json.load(open(out))
+  assert r["step"] == 3
+  assert r["ppl"]["windows"] == 3 and r["ppl"]["length"] == 60 and r["ppl"]["ppl"] > 1
+  assert set(r["passkey"]["lengths"]) == {"90", "120"}
+  for v in r["passkey"]["lengths"].values():
+    assert v["samples"] == 4 and 0.0 <= v["accuracy"] <= 1.0 and set(v["by_depth"]) == {"0", "1"}
+
+
+def test_eval_rejects_mismatched_config(trained):
+  run_dir, _ = trained
+  p = _run(["eval.py", "--run_dir", run_dir, "--task", "ppl", "--config", "configs/tiny.py"])
+  assert p.returncode == 2
+  assert "does not match the model saved" in p.stderr and "model.d_model: 32 != 128" in p.stderr
+
+
+def test_eval_missing_step(trained):
+  run_dir, _ = trained
+  p = _run(["eval.py", "--run_dir", run_dir, "--step", "7", "--task", "ppl"])
+  assert p.returncode == 2 and "no checkpoint for step 7" in p.stderr
+
+
+def test_bad_config_exit_code_and_message(tmp_path, cache):
+  p = _run(["train.py", "--config", "configs/tiny.py",
+            *cli_overrides(str(tmp_path / "run"), cache, **{"train.global_batch_size": 6,
+                                                            "train.grad_accum": 4})])
+  assert p.returncode == 2
+  assert "config.train.global_batch_size=6: must be divisible" in p.stderr
+  p = _run(["train.py", "--config", "configs/tiny.py", "--config.train.nonexistent=1"])
+  assert p.returncode != 0 and "nonexistent" in p.stderr
+
+
+def test_sigterm_saves_and_exits_zero(tmp_path, cache):
+  run_dir = str(tmp_path / "run")
+  proc = subprocess.Popen(
+      [sys.executable, "train.py", "--config", "configs/tiny.py",
+       *cli_overrides(run_dir, cache, **{"train.steps": 100000, "checkpoint.every": 0,
+                                         "train.eval_every": -1, "model.upper_groups": "1,1"})],
+      cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  metrics = os.path.join(run_dir, "metrics.jsonl")
+  deadline = time.time() + 180
+  try:
+    while time.time() < deadline:
+      if os.path.exists(metrics) and any('"loss"' in l for l in open(metrics)):
+        break
+      assert proc.poll() is None, proc.communicate()[1][-3000:]
+      time.sleep(0.2)
+    else:
+      pytest.fail("training never logged a step")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 0, err[-3000:]
+  assert "preempted at step" in out
+  step = int(out.split("preempted at step")[1].split()[0])
+  assert step >= 1
+  assert os.listdir(os.path.join(run_dir, "checkpoints")) == [str(step)]
+  recs = [json.loads(l) for l in open(metrics)]
+  assert any(r.get("event") == "preempted" and r["step"] == step for r in recs)
+  cfg = json.load(open(os.path.join(run_dir, "config.json")))
+  assert cfg["model"]["upper_groups"] == [1, 1]  # tuple override from the command line
