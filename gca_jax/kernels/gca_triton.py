@@ -25,11 +25,18 @@ Kernels (f32 accumulation everywhere; the exp is done as exp2 with log2(e) folde
 * dK/dV, one program per (memory chunk j, kv head g, batch b): loops over the readers of j given
   by the inverted index (see `common.inverted_index`: XLA argsort of the flattened (b,c,i) -> j
   keys + CSR offsets per memory chunk, weight-0 readers dropped since they contribute exactly 0),
-  and for each reader (c, i) and each of the R query heads of g recomputes Pᵀ = exp(K Qᵀ − lse),
+  and for each reader (c, i) and each of the R query heads of g (one (reader, head) pair per loop
+  iteration, so only one head's q/dO tiles are in flight in shared memory) recomputes Pᵀ = exp(K Qᵀ − lse),
   dPᵀ = V dOᵀ, D, and accumulates dV += w Pᵀ dO, dK += dSᵀ Q / sqrt(D) in registers; K_j/V_j are
   loaded once. Every (b, j, g) tile of dK/dV is written by exactly one program in a fixed order:
   no atomics, deterministic, and duplicate indices in one row (two readers (c, i1), (c, i2)) just
   add up. The programs are mapped to memory chunks longest-reader-list first per (b, g).
+
+Shared memory: every pass is planned to stay ≤ SMEM_BUDGET = 200 KiB (H100/H200: 227 KiB per
+block) by `smem_estimate`, an upper bound calibrated on Triton's allocation for these kernels; `plan`
+picks per pass the heads per program and 2 pipeline stages where they fit, else fewer (f32 at
+D = 128: dQ and dK/dV with 1 stage, one head per program). A shape that cannot fit at 1 stage
+(e.g. f32 at D = 256) is refused by `supports` (so impl="auto" uses XLA), never a launch failure.
 
 Shapes: T and S must be powers of two ≥ 16 (Triton tile sizes; S = 64 in the model), D a power
 of two in [16, 256]; K, M, C, H, Hkv arbitrary (K not a power of two, M < K fine).
@@ -73,7 +80,46 @@ def supports(q, k, v, indices, weights) -> str | None:
     return f"memory chunk length {T} must be a power of two in [16, 256]"
   if not (common.is_pow2(D) and 16 <= D <= 256):
     return f"head dim D={D} must be a power of two in [16, 256]"
-  return None
+  return smem_reason(S, T, D, q.shape[3] // max(k.shape[3], 1), q.dtype)
+
+
+# ------------------------------------------------------------------------- shared-memory plan
+
+# Shared memory a block may use (H100/H200 allow 227 KiB per block, 232448 B): we keep every pass
+# at or under 200 KiB by the estimate below, which leaves room for Triton-version differences.
+SMEM_BUDGET = 200 * 1024
+
+# `smem_estimate` coefficients, in units of (tile elements x element size), per pass and class
+# ("f32": float32 inputs, any precision, the 3-pass TF32 split keeps a hi and a lo copy of every
+# dot operand; "half": bf16/f16). Tiles: "head" = S·D per query head held by the program (fwd: q;
+# dq: q and dO; dkv: the q/dO tile of the one (reader, head) pair of an iteration), "kv" = T·D
+# (k/v tiles), "st" = S·T (P / dS tiles). dq "extra" = per query head beyond the first
+# (f32 only: the split q/dO tiles of every head stay live across the loop). `pipe` = T·D tiles
+# (fwd, dq: k and v) or S·D tiles (dkv: q and dO) loaded inside the slot/reader loop, which the
+# software pipeliner keeps num_stages copies of. Calibrated as upper bounds on the shared memory
+# that Triton 3.9 allocates for these kernels on sm_90 (tests/test_kernels.py holds the measured
+# table; the one H100 failure measured by XLA's Triton, 262404 B for the f32 D=128 dQ pass at
+# 2 stages, is reproduced there to the byte).
+_SMEM_COEF = {
+    ("fwd", "f32"): dict(head=2.0, extra=5.75, kv=2.0, st=0.25, pipe=2),
+    ("fwd", "half"): dict(head=2.0, extra=1.0, kv=1.25, st=0.25, pipe=2),
+    ("dq", "f32"): dict(head=4.0, extra=11.75, kv=2.0, st=0.25, pipe=2),
+    ("dq", "half"): dict(head=2.25, extra=2.0, kv=2.0, st=0.25, pipe=2),
+    ("dkv", "f32"): dict(head=2.0, extra=0.0, kv=4.0, st=0.25, pipe=2),
+    ("dkv", "half"): dict(head=3.0, extra=0.0, kv=2.0, st=0.25, pipe=2),
+}
+_SMEM_FIXED = 1024       # barriers, reduction scratch
+
+
+def smem_estimate(which: str, S: int, T: int, D: int, RB: int, dtype, num_stages: int) -> int:
+  """Upper estimate (bytes) of the shared memory of pass `which` in ("fwd", "dq", "dkv") with RB
+  query heads per program (dkv: 1, one (reader, head) pair per iteration) and `num_stages`."""
+  e = jnp.dtype(dtype).itemsize
+  c = _SMEM_COEF[(which, "f32" if e == 4 else "half")]
+  head = S * D
+  loop = S * D if which == "dkv" else T * D      # per loaded tile inside the loop
+  base = c["head"] * head + c["extra"] * (RB - 1) * head + c["kv"] * T * D + c["st"] * S * T
+  return int(e * (base + c["pipe"] * loop * (max(int(num_stages), 1) - 1)) + _SMEM_FIXED)
 
 
 def _heads_per_program(R: int, S: int, D: int, max_rows: int | None) -> int:
@@ -86,6 +132,39 @@ def _heads_per_program(R: int, S: int, D: int, max_rows: int | None) -> int:
     if R % rb == 0 and rb * S * D <= max(budget, S * D):
       best = rb
   return best
+
+
+def plan(which: str, S: int, T: int, D: int, R: int, dtype, *, num_stages: int | None = None,
+         max_rows: int | None = None):
+  """(RB, num_stages, smem bytes) of pass `which`: the most heads per program (fwd/dq, within the
+  register budget of `_heads_per_program`) and then the most pipeline stages (2, else 1) whose
+  `smem_estimate` is ≤ SMEM_BUDGET; num_stages given: that many. Returns the estimate even when
+  it is over the budget (the caller reports it)."""
+  ns_min = num_stages or 1
+  rb_max = 1 if which == "dkv" else _heads_per_program(R, S, D, max_rows)
+  RB = 1
+  for rb in range(rb_max, 0, -1):
+    if R % rb == 0 and smem_estimate(which, S, T, D, rb, dtype, ns_min) <= SMEM_BUDGET:
+      RB = rb
+      break
+  if num_stages is None:
+    num_stages = 1
+    for ns in (2, 1):
+      if smem_estimate(which, S, T, D, RB, dtype, ns) <= SMEM_BUDGET:
+        num_stages = ns
+        break
+  return RB, num_stages, smem_estimate(which, S, T, D, RB, dtype, num_stages)
+
+
+def smem_reason(S: int, T: int, D: int, R: int, dtype, *, num_stages=None, max_rows=None):
+  """None if every pass fits SMEM_BUDGET under `plan`, else the reason."""
+  for pos, which in enumerate(("fwd", "dq", "dkv")):
+    ns = num_stages[pos] if isinstance(num_stages, (tuple, list)) else num_stages
+    RB, ns, est = plan(which, S, T, D, R, dtype, num_stages=ns, max_rows=max_rows)
+    if est > SMEM_BUDGET:
+      return (f"{which} pass needs ~{est} B of shared memory (S={S}, T={T}, D={D}, "
+              f"{jnp.dtype(dtype).name}, {RB} head(s)/program, {ns} stage(s)) > budget {SMEM_BUDGET} B")
+  return None
 
 
 def _dot(a, b, *, trans_a=False, trans_b=False, precision=None):
@@ -185,29 +264,32 @@ def _dkv_kernel(off_ref, ord_ref, sched_ref, ws_ref, q_ref, k_ref, v_ref, do_ref
   start = off_ref[b, j]
   end = off_ref[b, j + 1]
 
-  def body(n, carry):
+  def body(m, carry):
+    # One (reader, head) pair per iteration, m = n·R + r: only one head's q/dO/lse tiles are live
+    # (and multi-buffered by the software pipeliner), whatever R. Same accumulation order as a
+    # reader loop with an inner head loop: reader n, then heads r = 0..R-1.
     dk, dv = carry
+    n = lax.div(m, R)
+    h = g * R + (m - n * R)
     e = ord_ref[b, n]
     c = lax.div(e, K)
     i = e - c * K
     w = ws_ref[b, n]                  # weights in inverted-index order (no dependent load)
-    for r in range(R):
-      h = g * R + r
-      qh = q_ref[b, c, :, h, :]
-      doh = do_ref[b, c, :, h, :]
-      lse2 = lse_ref[b, c, i, h, :] * LOG2E
-      st2 = _dot(kk, qh, trans_b=True, precision=prec) * scale2        # [T, S]
-      pt = jnp.exp2(st2 - lse2[None, :])
-      dpt = _dot(vv, doh, trans_b=True, precision=prec)                 # [T, S]
-      d_row = jnp.sum(pt * dpt, axis=0)                                 # [S]
-      wpt = pt * w
-      dv = dv + _dot(wpt.astype(doh.dtype), doh, precision=prec)
-      dst = wpt * (dpt - d_row[None, :])
-      dk = dk + _dot(dst.astype(qh.dtype), qh, precision=prec)
+    qh = q_ref[b, c, :, h, :]
+    doh = do_ref[b, c, :, h, :]
+    lse2 = lse_ref[b, c, i, h, :] * LOG2E
+    st2 = _dot(kk, qh, trans_b=True, precision=prec) * scale2          # [T, S]
+    pt = jnp.exp2(st2 - lse2[None, :])
+    dpt = _dot(vv, doh, trans_b=True, precision=prec)                   # [T, S]
+    d_row = jnp.sum(pt * dpt, axis=0)                                   # [S]
+    wpt = pt * w
+    dv = dv + _dot(wpt.astype(doh.dtype), doh, precision=prec)
+    dst = wpt * (dpt - d_row[None, :])
+    dk = dk + _dot(dst.astype(qh.dtype), qh, precision=prec)
     return dk, dv
 
   zeros = jnp.zeros((T, D), jnp.float32)
-  dk, dv = lax.fori_loop(start, end, body, (zeros, zeros))
+  dk, dv = lax.fori_loop(start * R, end * R, body, (zeros, zeros))
   dk_ref[b, j, :, g, :] = (dk * scale).astype(dk_ref.dtype)
   dv_ref[b, j, :, g, :] = dv.astype(dv_ref.dtype)
 
@@ -234,11 +316,17 @@ def _call(kernel, args, out_shapes, grid, *, interpret, num_warps, num_stages, n
       interpret=interpret, name=name)(*args)
 
 
-def _launch(cfg, which):
-  """Triton launch parameters of kernel `which` in ("fwd", "dq", "dkv")."""
+def _launch(cfg, which, q, k):
+  """(RB, Triton launch parameters) of kernel `which` in ("fwd", "dq", "dkv"), see `plan`."""
   pos = ("fwd", "dq", "dkv").index(which)
-  return dict(interpret=cfg["interpret"], num_warps=cfg["num_warps"][pos],
-              num_stages=cfg["num_stages"][pos], poison=cfg["poison"])
+  S, D, T, R = q.shape[2], q.shape[4], k.shape[2], q.shape[3] // k.shape[3]
+  RB, ns, est = plan(which, S, T, D, R, q.dtype, num_stages=cfg["num_stages"][pos],
+                     max_rows=cfg["max_rows"])
+  if est > SMEM_BUDGET and not cfg["interpret"]:
+    raise UnsupportedGCAInput(f"pallas_triton: {which} pass needs ~{est} B of shared memory "
+                              f"({ns} stages) > budget {SMEM_BUDGET} B")
+  return RB, dict(interpret=cfg["interpret"], num_warps=cfg["num_warps"][pos], num_stages=ns,
+                  poison=cfg["poison"])
 
 
 def _fwd(q, k, v, idx, w, cfg):
@@ -246,13 +334,13 @@ def _fwd(q, k, v, idx, w, cfg):
   Hkv = k.shape[3]
   K = idx.shape[2]
   R = H // Hkv
-  RB = _heads_per_program(R, S, D, cfg["max_rows"])
+  RB, launch = _launch(cfg, "fwd", q, k)
   kern = functools.partial(_fwd_kernel, K=K, R=R, RB=RB, scale2=LOG2E / math.sqrt(D),
                            prec=_prec(q.dtype, cfg["precision"], cfg["interpret"]))
   o, lse = _call(kern, (idx, w, q, k, v),
                  (jax.ShapeDtypeStruct(q.shape, q.dtype),
                   jax.ShapeDtypeStruct((B, C, K, H, S), jnp.float32)),
-                 (C, Hkv * (R // RB), B), name="gca_fwd", **_launch(cfg, "fwd"))
+                 (C, Hkv * (R // RB), B), name="gca_fwd", **launch)
   return o, lse
 
 
@@ -262,7 +350,7 @@ def _bwd_dq(q, k, v, idx, w, lse, do, cfg):
   Hkv = k.shape[3]
   K = idx.shape[2]
   R = H // Hkv
-  RB = _heads_per_program(R, S, D, cfg["max_rows"])
+  RB, launch = _launch(cfg, "dq", q, k)
   NP = Hkv * (R // RB)
   Kp = common.next_pow2(K)
   kern = functools.partial(_dq_kernel, K=K, Kp=Kp, R=R, RB=RB, scale=1.0 / math.sqrt(D),
@@ -270,7 +358,7 @@ def _bwd_dq(q, k, v, idx, w, lse, do, cfg):
   dq, dw_part = _call(
       kern, (idx, w, q, k, v, do, lse),
       (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((B, C, NP, Kp), jnp.float32)),
-      (C, NP, B), name="gca_bwd_dq", **_launch(cfg, "dq"))
+      (C, NP, B), name="gca_bwd_dq", **launch)
   return dq, jnp.sum(dw_part[..., :K], axis=2)
 
 
@@ -280,6 +368,7 @@ def _bwd_dkv(q, k, v, idx, w, lse, do, cfg):
   B, M, T, Hkv, _ = k.shape
   K = idx.shape[2]
   R = q.shape[3] // Hkv
+  _, launch = _launch(cfg, "dkv", q, k)
   order, offsets = common.inverted_index(idx, w, M)
   sched = common.longest_first(offsets)
   w_sorted = jnp.take_along_axis(w.reshape(B, -1), order, axis=1)
@@ -288,7 +377,7 @@ def _bwd_dkv(q, k, v, idx, w, lse, do, cfg):
   return _call(
       kern, (offsets, order, sched, w_sorted, q, k, v, do, lse),
       (jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)),
-      (M, Hkv, B), name="gca_bwd_dkv", **_launch(cfg, "dkv"))
+      (M, Hkv, B), name="gca_bwd_dkv", **launch)
 
 
 def _bwd(q, k, v, idx, w, lse, do, cfg):
@@ -330,7 +419,7 @@ def _config(D, interpret, precision, num_warps, num_stages, max_rows, poison_out
     raise ValueError(f"precision must be None, 'tf32', 'tf32x3' or 'highest', got {precision!r}")
   return (("interpret", bool(interpret)), ("precision", precision),
           ("num_warps", _per_kernel(num_warps, 4 if D <= 64 else 8)),
-          ("num_stages", _per_kernel(num_stages, 2)),
+          ("num_stages", _per_kernel(num_stages, None)),
           ("max_rows", max_rows), ("poison", bool(poison_outputs)))
 
 
@@ -344,7 +433,8 @@ def gca_triton(q, k, v, indices, weights, *, interpret: bool | None = None,
   precision (f32 inputs only): None/"tf32x3" (default: 3-pass TF32, about f32 accuracy),
     "tf32" (1 pass, ~1e-3 relative error, fastest), "highest" (IEEE f32 FMA, slowest).
   num_warps/num_stages: Triton launch parameters, an int or a (fwd, dq, dkv) triple (default 4
-    warps at D <= 64 else 8; 2 stages).
+    warps at D <= 64 else 8; stages: 2 where the pass fits SMEM_BUDGET by `smem_estimate`, else 1,
+    see `plan`; an explicit value that does not fit raises UnsupportedGCAInput).
   max_rows: register budget of the forward/dQ programs in 64-wide rows (`_heads_per_program`).
   poison_outputs: every kernel output starts as NaN (debug: checks full coverage on GPU).
   """
@@ -352,6 +442,11 @@ def gca_triton(q, k, v, indices, weights, *, interpret: bool | None = None,
   if reason is not None:
     raise UnsupportedGCAInput(f"pallas_triton: {reason}")
   cfg = _config(q.shape[-1], interpret, precision, num_warps, num_stages, max_rows, poison_outputs)
+  if num_stages is not None or max_rows is not None:     # explicit launch overrides must fit too
+    reason = smem_reason(q.shape[2], k.shape[2], q.shape[4], q.shape[3] // k.shape[3], q.dtype,
+                         num_stages=num_stages, max_rows=max_rows)
+    if reason is not None and not dict(cfg)["interpret"]:
+      raise UnsupportedGCAInput(f"pallas_triton: {reason}")
   idx = common.clip_indices(indices, k.shape[1])
   return _gca(q, k, v, idx, weights.astype(jnp.float32), cfg)
 

@@ -1,6 +1,6 @@
 """Models: DRT and its baselines (SPEC §2)."""
 
-from gca_jax.models.drt import DRT, insert_landmarks, remove_landmarks
+from gca_jax.models.drt import DRT, insert_landmarks, remove_landmarks, resolved_impls
 from gca_jax.models.loss import cross_entropy_loss
 
-__all__ = ["DRT", "cross_entropy_loss", "insert_landmarks", "remove_landmarks"]
+__all__ = ["DRT", "cross_entropy_loss", "insert_landmarks", "remove_landmarks", "resolved_impls"]

@@ -119,3 +119,20 @@ class DRT(nn.Module):
     logits = jnp.einsum("btd,vd->btv", h_BxTxd, emb_Vxd.astype(h_BxTxd.dtype),
                         preferred_element_type=jnp.float32)
     return nn.with_logical_constraint(logits, ("batch", "act_length", "act_vocab"))
+
+
+def resolved_impls(cfg: DRTConfig, batch: int = 1, seq_len: int | None = None) -> dict[str, str]:
+  """The attention / GCA implementations `impl="auto"` resolves to on this backend, for logs."""
+  from gca_jax.ops import resolve_attention_impl, resolve_gca_impl
+  dt = dtype_of(cfg.dtype)
+  T = seq_len or cfg.window
+  sds = jax.ShapeDtypeStruct
+  q = sds((batch, T, cfg.num_heads, cfg.head_dim), dt)
+  out = {"swa": resolve_attention_impl(cfg.swa_impl, q)}
+  if cfg.model_kind == "drt":
+    C = max(1, -(-T // cfg.text_per_chunk))
+    qc = sds((batch, C, cfg.chunk_size, cfg.num_heads, cfg.head_dim), dt)
+    slots = sds((batch, C, cfg.top_k), jnp.int32)
+    out["gca"] = resolve_gca_impl(cfg.gca_impl, qc, qc, qc, slots,
+                                  sds((batch, C, cfg.top_k), jnp.float32))
+  return out

@@ -34,7 +34,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from gca_jax.models.drt import DRT
+from gca_jax.models.drt import DRT, resolved_impls
 from gca_jax.sharding import make_mesh
 from gca_jax.train import run_config as rc
 from gca_jax.train.checkpoint import Checkpointer, CheckpointError
@@ -222,6 +222,8 @@ def train(config, *, hooks: TrainHooks | None = None, devices=None,
       f"{dict(mesh.shape)} on {len(devices)} {devices[0].platform} device(s); batch {gbs} x "
       f"{seq_len} tokens (grad_accum {tc.grad_accum}); train stream {data.train_tokens} tokens; "
       f"steps {start_step} -> {steps}; run_dir {run_dir}")
+  impls = resolved_impls(model_cfg, gbs // max(1, len(devices)) // int(tc.grad_accum), seq_len)
+  say("kernels (impl='auto' resolves to): " + ", ".join(f"{k}={v}" for k, v in impls.items()))
 
   logger = MetricsLogger(run_dir, total_steps=steps, start_step=start_step, enabled=is_main,
                          progress_bar=bool(tc.progress_bar) and _stderr_tty())

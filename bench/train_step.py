@@ -1,0 +1,141 @@
+"""Train-step throughput of the 128M models at 16K tokens on one GPU: DRT vs its baselines.
+
+Runs the real training step (`gca_jax.train.make_train_step`: AdamW + clipping, bf16 compute,
+f32 params, remat as in the config) on random tokens, each model in its own process, and reports
+step time, tokens/s and MFU. Models (configs/*.py, seq_len 16128 = 256 chunks of 63):
+  drt        configs/drt_128m.py (gca_impl auto: the Pallas kernel on GPU)
+  drt_xla    the same with gca_impl="xla" (gathered-copy reference)
+  swa        configs/swa_128m.py with baseline_extra_layers=0 (same depth as DRT's decoder: 12)
+  swa_p2     configs/swa_128m.py as shipped (+2 layers, the paper's base LM)
+  full       configs/full_128m.py with baseline_extra_layers=0 (cuDNN causal attention)
+Model FLOPs per token (fwd; x3 for fwd+bwd, remat recompute not counted): 2 x matmul params
+(+ LM head) + attention: 4*d*keys per layer (keys = W for SWA, T/2 for full, 64 in the encoder,
+K*64 for GCA), DRT matmuls on T*64/63 positions. MFU = model FLOP/s / the bf16 dense peak given.
+
+Usage: PYTHONPATH=. python bench/train_step.py --out results.json [--batch 4] [--steps 5]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODELS = ("drt", "drt_xla", "swa", "swa_p2", "full")
+PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12}
+
+
+def model_flops_per_token(cfg, T: int) -> float:
+  d, m, V, L = cfg.d_model, cfg.mlp_dim, cfg.vocab_size, cfg.num_layers
+  layer = 2 * (4 * d * d + 3 * d * m)
+  head = 2 * d * V
+  if cfg.model_kind == "drt":
+    aug = 64 / 63
+    upper = sum(cfg.upper_groups)
+    enc = cfg.encoder_layers * (layer + 4 * d * 64)
+    swa = L * (layer + 4 * d * cfg.window)
+    gca = upper * (2 * 2 * d * d + 4 * d * cfg.top_k * 64)
+    mem = 2 * 2 * d * d
+    return aug * (swa + enc + gca + mem) + head
+  keys = cfg.window if cfg.model_kind == "swa" else T / 2
+  return L * (layer + 4 * d * min(keys, T)) + head
+
+
+def worker(name: str, batch: int, steps: int, seq_len: int) -> dict:
+  import jax
+  import numpy as np
+  from gca_jax import DRT
+  from gca_jax.models import resolved_impls
+  from gca_jax.sharding import make_mesh
+  from gca_jax.train import make_optimizer, make_train_step, state_shardings, init_state, place_batch
+  from gca_jax.train.run_config import model_config
+  from gca_jax.train.state import batch_shardings, param_count
+  import importlib
+  cfg_name = {"drt": "drt_128m", "drt_xla": "drt_128m", "swa": "swa_128m", "swa_p2": "swa_128m",
+              "full": "full_128m"}[name]
+  config = importlib.import_module(f"configs.{cfg_name}").get_config()
+  if name == "drt_xla":
+    config.model.gca_impl = "xla"
+  if name in ("swa", "full"):
+    config.model.baseline_extra_layers = 0
+  cfg = model_config(config)
+  model = DRT(cfg)
+  mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  tx, schedule = make_optimizer(config.train)
+  _, shard = state_shardings(model, tx, mesh, 0)
+  state = init_state(model, tx, mesh, 0, shard)
+  rng = np.random.default_rng(0)
+  toks = rng.integers(0, cfg.vocab_size, (batch, seq_len + 1)).astype(np.int32)
+  host = {"inputs": toks[:, :-1], "targets": toks[:, 1:],
+          "loss_weights": np.ones((batch, seq_len), np.float32)}
+  bsh = batch_shardings(mesh, host)
+  step = make_train_step(model, tx, schedule, mesh, shard, bsh, 1)
+  b = place_batch(host, mesh, bsh)
+  t0 = time.perf_counter()
+  state, met = step(state, b)
+  jax.block_until_ready(met["loss"])
+  compile_s = time.perf_counter() - t0
+  state, met = step(state, b)
+  jax.block_until_ready(met["loss"])
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    state, met = step(state, b)
+    jax.block_until_ready(met["loss"])
+    times.append(time.perf_counter() - t0)
+  times.sort()
+  med = times[len(times) // 2]
+  dev = jax.devices()[0]
+  kind = next((k for k in PEAK_BF16 if k in dev.device_kind), None)
+  tok = batch * seq_len
+  flops = 3 * model_flops_per_token(cfg, seq_len) * tok
+  stats = dev.memory_stats() or {}
+  return dict(model=name, config=cfg_name, kind=cfg.model_kind, layers=cfg.num_layers,
+              params_M=param_count(state.params) / 1e6, impls=resolved_impls(cfg, batch, seq_len),
+              batch=batch, seq_len=seq_len, step_ms_median=med * 1e3, step_ms_min=times[0] * 1e3,
+              tokens_per_s=tok / med, model_TFLOPs=flops / med / 1e12,
+              mfu=(flops / med / PEAK_BF16[kind]) if kind else None, peak_flops=PEAK_BF16.get(kind),
+              first_step_s=compile_s, loss=float(met["loss"]), device=dev.device_kind,
+              jax=jax.__version__, peak_GiB=stats.get("peak_bytes_in_use", 0) / 2**30,
+              remat=cfg.remat)
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--out", default=None)
+  ap.add_argument("--models", default=",".join(MODELS))
+  ap.add_argument("--batch", type=int, default=4)
+  ap.add_argument("--steps", type=int, default=5)
+  ap.add_argument("--seq_len", type=int, default=16128)
+  ap.add_argument("--worker", default=None)
+  args = ap.parse_args()
+  if args.worker:
+    print("RESULT " + json.dumps(worker(args.worker, args.batch, args.steps, args.seq_len)))
+    return
+  results = {}
+  for name in args.models.split(","):
+    cmd = [sys.executable, __file__, "--worker", name, "--batch", str(args.batch), "--steps",
+           str(args.steps), "--seq_len", str(args.seq_len)]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
+    results[name] = json.loads(line[-1][7:]) if line else {"error": p.stderr[-2000:]}
+    print(json.dumps({name: results[name]}), flush=True)
+    if args.out:
+      with open(args.out, "w") as f:
+        json.dump(results, f, indent=1)
+  base = results.get("swa", {}).get("step_ms_median")
+  summary = {n: {"step_ms": r.get("step_ms_median"), "tokens_per_s": r.get("tokens_per_s"),
+                 "mfu": r.get("mfu"),
+                 "ratio_vs_swa_same_depth": (r["step_ms_median"] / base) if base and "step_ms_median" in r else None}
+             for n, r in results.items()}
+  results["summary"] = summary
+  print(json.dumps({"summary": summary}, indent=1))
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
