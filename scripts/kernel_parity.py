@@ -76,6 +76,9 @@ def check(results, name, B, C, M, S, H, Hkv, D, K, dtype, *, causal=False, extra
     q, k, v, idx, w, do = make_inputs(hash((B, C, M, H, D, K)) % 1000, B, C, M, S, H, Hkv, D, K,
                                       dtype, causal=causal, extra=extra)
     row["auto_impl"] = ops.resolve_gca_impl("auto", q, k, v, idx, w)
+    row["plan"] = {p: dict(zip(("heads_per_program", "num_stages", "smem_estimate"),
+                               gca_triton.plan(p, S, S, D, H // Hkv, dtype)))
+                   for p in ("fwd", "dq", "dkv")}
     ref = [np.asarray(x, np.float32) for x in reference(q, k, v, idx, w, do)]
     got = [np.asarray(x.astype(jnp.float32)) for x in kernel(q, k, v, idx, w, do, poison_outputs=True)]
     again = [np.asarray(x.astype(jnp.float32)) for x in kernel(q, k, v, idx, w, do)]
@@ -153,6 +156,9 @@ def main():
     check(results, "mha_small", 2, 17, 17, 64, 4, 4, 64, 8, dtype, tf32_variant=True, **kw)
     check(results, "gqa_d128_k5", 2, 33, 20, 64, 8, 2, 128, 5, dtype, **kw)
     check(results, "gqa3_m_lt_k", 1, 9, 3, 64, 6, 2, 64, 6, dtype, **kw)
+    # R = 4 at D = 64: two heads per forward program (f32: the dQ pass one head, see `plan`)
+    check(results, "gqa4_d64", 2, 9, 9, 64, 8, 2, 64, 4, dtype, **kw)
+    check(results, "mqa_d128_r3", 1, 6, 6, 64, 3, 1, 128, 3, dtype, **kw)
     check(results, "mqa_r3", 1, 12, 12, 64, 3, 1, 64, 3, dtype, **kw)
     check(results, "causal_retrieval", 2, 40, 40, 64, 4, 4, 64, 8, dtype, causal=True, extra=False,
           **kw)
