@@ -1,0 +1,487 @@
+"""Streaming long-context inference for DRT (SPEC §2, §7): one jit-compiled segment step.
+
+The token stream is cut into segments of `segment_len` text tokens; `segment_len` must be a
+multiple of `config.text_per_chunk` (63), i.e. segments are **chunk-aligned** (a segment of n
+chunks is n*64 positions, landmarks included). Segments need NOT be aligned to the SWA window W:
+the window cache carries the last W-1 positions of every SWA layer across segments. Unaligned
+(non chunk-multiple) `segment_len` raises a ValueError (not implemented in this version).
+
+State carried across segments (a dict pytree, every leaf of fixed shape, so ONE compiled step
+serves every segment of a stream):
+
+  "pos"     int32 []                    positions processed so far (multiple of chunk_size);
+                                        bookkeeping only, it never enters RoPE.
+  "count"   int32 []                    chunks in memory (= valid rows of the buffers below).
+  "cache_n" int32 []                    valid rows of the window cache (min(pos, W-1)).
+  "swa_k"   [Lswa, B, W-1, H, Dh] dt    PRE-RoPE keys of the last W-1 positions, every SWA layer
+                                        (lower_0.., then upper_0..); "swa_v" the values.
+  "lmk"     [B, M, d] dt                landmark keys of the chunk memory (encoder output row 63).
+  "kmem", "vmem" [B, M, S, H, Dh] dt    GCA memory (mem_k / mem_v of the encoder output, sink
+                                        row zeroed), capacity M chunks, `count` of them valid.
+  "ret_idx" int32 [G, B, K], "ret_w" f32 [G, B, K]
+                                        per retrieval group, the retrieval made at the last
+                                        landmark seen; it serves the first chunk of the next
+                                        segment (the c -> c+1 shift across segment boundaries).
+
+RoPE (SPEC §7): SWA only depends on relative positions, so each segment rotates queries and keys
+with positions *relative to the start of the cache* (0 .. W-1+P-1), built in float64 on the host
+(`rope_tables` with static numpy positions). Cached keys are stored un-rotated and re-rotated per
+segment; the absolute position never enters a phase, so 16M+ positions are as exact as position 0.
+The chunk encoder uses positions 0..63 as in the model.
+
+Retrieval: for the segment's n chunks, scores against the memory are computed in blocks of
+`mem_block` chunks with a running top-k merge (no [C, C] or [n, M] score matrix beyond one block),
+visiting only the blocks that hold valid chunks (a `while_loop` with a traced trip count).
+Selection and fusion weights follow `masked_topk_weights` (deterministic, train=False).
+
+Memory capacity: `init_state(..., capacity)` preallocates M chunks (rounded up to a multiple of
+`mem_block`); `stream_nll` sizes it for the whole stream; `DRTStream.feed` doubles it (power-of-two
+capacities, one recompilation per doubling) when it would overflow.
+
+memory placement: only "device" (="auto") is implemented; "host" raises NotImplementedError.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gca_jax.config import DRTConfig
+from gca_jax.layers.blocks import ChunkEncoder
+from gca_jax.layers.common import MLP, Dense, RMSNorm, apply_rope, dtype_of, rope_tables
+from gca_jax.layers.gca import GroupedCrossAttention
+
+_NEG = -1e30
+# Python side-effect counter: incremented each time a segment step is traced (tests use it).
+TRACE_COUNTS: dict[str, int] = {"segment_step": 0}
+
+State = dict[str, Any]
+
+
+def _check_config(cfg: DRTConfig) -> None:
+  if cfg.model_kind != "drt":
+    raise ValueError(f"streaming inference supports model_kind='drt' only, got {cfg.model_kind!r}")
+
+
+def _swa_layer_names(cfg: DRTConfig) -> list[str]:
+  return [f"lower_{i}" for i in range(cfg.lower_layers)] + [
+      f"upper_{i}" for i in range(sum(cfg.upper_groups))]
+
+
+def _round_up(x: int, m: int) -> int:
+  return -(-x // m) * m
+
+
+def init_state(config: DRTConfig, batch: int, capacity: int, *, mem_block: int = 4096,
+               start_position: int = 0) -> State:
+  """Empty stream state with room for `capacity` chunks (rounded up to a multiple of the
+  effective memory block, see `effective_mem_block`). `start_position` (a multiple of chunk_size)
+  only sets the bookkeeping counter "pos": results do not depend on it (relative RoPE)."""
+  cfg = config
+  _check_config(cfg)
+  if start_position % cfg.chunk_size:
+    raise ValueError(f"start_position={start_position} must be a multiple of chunk_size={cfg.chunk_size}")
+  dt = dtype_of(cfg.dtype)
+  H, Dh, d, S, K = cfg.num_heads, cfg.head_dim, cfg.d_model, cfg.chunk_size, cfg.top_k
+  blk = effective_mem_block(capacity, mem_block)
+  M = _round_up(max(capacity, 1), blk)
+  Wc = cfg.window - 1
+  nl = len(_swa_layer_names(cfg))
+  G = len(cfg.upper_groups)
+  return {
+      "pos": jnp.asarray(start_position, jnp.int32),
+      "count": jnp.zeros((), jnp.int32),
+      "cache_n": jnp.zeros((), jnp.int32),
+      "swa_k": jnp.zeros((nl, batch, Wc, H, Dh), dt),
+      "swa_v": jnp.zeros((nl, batch, Wc, H, Dh), dt),
+      "lmk": jnp.zeros((batch, M, d), dt),
+      "kmem": jnp.zeros((batch, M, S, H, Dh), dt),
+      "vmem": jnp.zeros((batch, M, S, H, Dh), dt),
+      "ret_idx": jnp.zeros((G, batch, K), jnp.int32),
+      "ret_w": jnp.zeros((G, batch, K), jnp.float32),
+  }
+
+
+def effective_mem_block(capacity: int, mem_block: int) -> int:
+  """Block size of the blocked top-k: `mem_block`, or the capacity rounded up to a power of two
+  when that is smaller (so small memories are one block)."""
+  return max(1, min(mem_block, 1 << max(0, math.ceil(math.log2(max(capacity, 1))))))
+
+
+def grow_state(state: State, capacity: int, *, mem_block: int = 4096) -> State:
+  """Returns `state` with memory buffers padded to hold `capacity` chunks (never shrinks)."""
+  M = state["lmk"].shape[1]
+  blk = effective_mem_block(capacity, mem_block)
+  newM = _round_up(max(capacity, M), blk)
+  if newM == M:
+    return state
+  out = dict(state)
+  for name in ("lmk", "kmem", "vmem"):
+    x = state[name]
+    out[name] = jnp.pad(x, [(0, 0), (0, newM - M)] + [(0, 0)] * (x.ndim - 2))
+  return out
+
+
+# ----------------------------------------------------------------------------- functional pieces
+
+
+def _dense(p, x, dt):
+  """Same math as layers.common.Dense: einsum in the compute dtype."""
+  return jnp.einsum("...d,df->...f", x.astype(dt), p["kernel"].astype(dt))
+
+
+def _norm(p, x, cfg, dt):
+  return RMSNorm(cfg.norm_eps, dtype=dt, param_dtype=dtype_of(cfg.param_dtype)).apply(
+      {"params": p}, x)
+
+
+def _mlp(p, x, cfg, dt):
+  return MLP(cfg.mlp_dim, cfg.init_std, dtype=dt, param_dtype=dtype_of(cfg.param_dtype)).apply(
+      {"params": p}, x)
+
+
+def _swa_cached(p_attn, x_BxPxd, k_cache, v_cache, cache_n, cfg, dt, qblock=256):
+  """Sliding-window attention of P new positions over [cache (W-1 rows, `cache_n` valid), new].
+
+  Queries/keys are rotated with positions relative to the cache start (float64 tables).
+  Queries are processed in blocks of max(qblock, W) rows against their own key window.
+  Returns (out [B,P,d], new pre-RoPE k cache, new v cache).
+  """
+  B, P, _ = x_BxPxd.shape
+  H, Dh, W = cfg.num_heads, cfg.head_dim, cfg.window
+  Wc = k_cache.shape[1]
+  q = _dense(p_attn["q_proj"], x_BxPxd, dt).reshape(B, P, H, Dh)
+  k = _dense(p_attn["k_proj"], x_BxPxd, dt).reshape(B, P, H, Dh)
+  v = _dense(p_attn["v_proj"], x_BxPxd, dt).reshape(B, P, H, Dh)
+  k_all = jnp.concatenate([k_cache.astype(dt), k], axis=1)
+  v_all = jnp.concatenate([v_cache.astype(dt), v], axis=1)
+  N = Wc + P
+  cos, sin = rope_tables(np.arange(N), Dh, cfg.rope_theta)  # static -> float64 host tables
+  qr = apply_rope(q, cos[Wc:], sin[Wc:])
+  kr = apply_rope(k_all, cos, sin)
+  # queries in blocks of bq rows; block i sees keys [i*bq, i*bq + bq + Wc) (its window), so the
+  # score tensor is [P, bq + Wc] instead of [P, Wc + P]. Masked keys contribute exactly 0.
+  bq = min(P, max(qblock, Wc + 1))
+  nb = -(-P // bq)
+  padq = nb * bq - P
+  if padq:
+    qr = jnp.pad(qr, ((0, 0), (0, padq), (0, 0), (0, 0)))
+    kr = jnp.pad(kr, ((0, 0), (0, padq), (0, 0), (0, 0)))
+    v_all_p = jnp.pad(v_all, ((0, 0), (0, padq), (0, 0), (0, 0)))
+  else:
+    v_all_p = v_all
+  kidx = np.arange(nb)[:, None] * bq + np.arange(bq + Wc)[None, :]  # [nb, bq+Wc] key rows
+  qpos = Wc + np.arange(nb)[:, None] * bq + np.arange(bq)[None, :]  # [nb, bq] query rows
+  rel = qpos[:, :, None] - kidx[:, None, :]
+  band = jnp.asarray((rel >= 0) & (rel < W) & (qpos[:, :, None] < N))
+  valid = jnp.asarray(kidx) >= (Wc - cache_n)  # cache rows before the stream start are empty
+  mask = band & valid[:, None, :]  # [nb, bq, bq+Wc]
+  qb = qr.reshape(B, nb, bq, H, Dh)
+  kb = jnp.take(kr, jnp.asarray(kidx), axis=1)  # [B, nb, bq+Wc, H, Dh]
+  vb = jnp.take(v_all_p, jnp.asarray(kidx), axis=1)
+  s = jnp.einsum("bnqhd,bnkhd->bnhqk", qb, kb, preferred_element_type=jnp.float32)
+  s = s / jnp.sqrt(jnp.float32(Dh))
+  s = jnp.where(mask[None, :, None], s, _NEG)
+  pr = jax.nn.softmax(s, axis=-1)
+  o = jnp.einsum("bnhqk,bnkhd->bnqhd", pr.astype(vb.dtype), vb,
+                 preferred_element_type=jnp.float32).astype(qr.dtype)
+  o = o.reshape(B, nb * bq, H, Dh)[:, :P]
+  out = _dense(p_attn["o_proj"], o.reshape(B, P, H * Dh), dt)
+  return out, k_all[:, N - Wc:], v_all[:, N - Wc:]
+
+
+def blocked_topk_retrieval(q_Bxnxd, lmk_BxMxd, chunk_ids_n, top_k: int, block: int):
+  """Deterministic retrieval (SPEC §2.3) for query chunks with global ids `chunk_ids_n` [n]
+  against memory landmarks [B, M, d] (M a multiple of `block`): score = q . lmk[j] / sqrt(d),
+  allowed for j < chunk id; top-k over M computed block by block with a running merge, visiting
+  only blocks below max(chunk_ids). `q` must already be normed (float32).
+  Returns (indices int32 [B,n,K], weights f32 [B,n,K]) as `masked_topk_weights` (unshifted)."""
+  B, n, d = q_Bxnxd.shape
+  M = lmk_BxMxd.shape[1]
+  assert M % block == 0, (M, block)
+  scale = jnp.sqrt(jnp.float32(d))
+  q = q_Bxnxd.astype(jnp.float32)
+  vals0 = jnp.full((B, n, top_k), -jnp.inf, jnp.float32)
+  idx0 = jnp.full((B, n, top_k), M, jnp.int32)  # M = "no entry" (sorts after every real index)
+  n_valid = jnp.max(chunk_ids_n)  # entries j < max id can be valid for some query
+  n_blocks = jnp.minimum((n_valid + block - 1) // block, M // block)
+
+  def body(carry):
+    b, vals, idx = carry
+    lb = jax.lax.dynamic_slice_in_dim(lmk_BxMxd, b * block, block, axis=1).astype(jnp.float32)
+    s = jnp.einsum("bcd,bmd->bcm", q, lb) / scale
+    j = b * block + jnp.arange(block, dtype=jnp.int32)
+    ok = j[None, :] < chunk_ids_n[:, None]
+    s = jnp.where(ok[None], s, -jnp.inf)
+    allv = jnp.concatenate([vals, s], axis=-1)
+    alli = jnp.concatenate([idx, jnp.broadcast_to(j, (B, n, block))], axis=-1)
+    v, pos = jax.lax.top_k(allv, top_k)
+    return b + 1, v, jnp.take_along_axis(alli, pos, axis=-1)
+
+  _, vals, idx = jax.lax.while_loop(lambda c: c[0] < n_blocks, body,
+                                    (jnp.zeros((), jnp.int32), vals0, idx0))
+  sel_valid = vals > -jnp.inf
+  sel = jnp.where(sel_valid, vals, 0.0)
+  m = jnp.max(jnp.where(sel_valid, sel, -1e30), axis=-1, keepdims=True)
+  m = jnp.where(jnp.any(sel_valid, -1, keepdims=True), m, 0.0)
+  e = jnp.where(sel_valid, jnp.exp(sel - m), 0.0)
+  den = jnp.sum(e, axis=-1, keepdims=True)
+  w = e / jnp.where(den > 0, den, 1.0)
+  return jnp.where(sel_valid, idx, 0).astype(jnp.int32), w
+
+
+# ----------------------------------------------------------------------------- the segment step
+
+
+def _segment_step(params, state: State, tokens_BxL, targets_BxL, select_Q, *, config: DRTConfig,
+                  mem_block: int, n_select: int, swa_block: int = 256):
+  """One chunk-aligned segment: tokens [B, n*63] -> (new state, nll [B, n*63] f32,
+  log-probs [B, n_select, V] at local text indices `select_Q` (or None))."""
+  TRACE_COUNTS["segment_step"] += 1
+  cfg = config
+  dt = dtype_of(cfg.dtype)
+  S, L, d = cfg.chunk_size, cfg.text_per_chunk, cfg.d_model
+  H, Dh = cfg.num_heads, cfg.head_dim
+  B, Lseg = tokens_BxL.shape
+  n = Lseg // L
+  P = n * S
+  M = state["lmk"].shape[1]
+  block = effective_mem_block(M, mem_block)
+  if M % block:
+    block = math.gcd(M, block)
+  emb = params["embedding"]
+
+  x = jnp.take(emb, tokens_BxL, axis=0).astype(dt).reshape(B, n, L, d)
+  lmk_tok = jnp.broadcast_to(params["landmark"].astype(dt), (B, n, 1, d))
+  h = jnp.concatenate([x, lmk_tok], axis=2).reshape(B, P, d)
+
+  names = _swa_layer_names(cfg)
+  cache_n = state["cache_n"]
+  new_k, new_v = [], []
+
+  def swa(li, p_attn, xin):
+    out, kc, vc = _swa_cached(p_attn, xin, state["swa_k"][li], state["swa_v"][li], cache_n, cfg, dt,
+                               swa_block)
+    new_k.append(kc)
+    new_v.append(vc)
+    return out
+
+  # lower layers
+  for i in range(cfg.lower_layers):
+    p = params[f"lower_{i}"]
+    h = h + swa(i, p["attn"], _norm(p["norm1"], h, cfg, dt))
+    h = h + _mlp(p["mlp"], _norm(p["norm2"], h, cfg, dt), cfg, dt)
+
+  # chunk encoder on the segment's (complete) chunks, written into memory at `count`
+  pdt = dtype_of(cfg.param_dtype)
+  enc = ChunkEncoder(cfg.encoder_layers, H, Dh, cfg.mlp_dim, cfg.rope_theta, cfg.norm_eps,
+                     cfg.init_std, dtype=dt, param_dtype=pdt).apply(
+                         {"params": params["encoder"]}, h.reshape(B, n, S, d))
+  sink = (jnp.arange(S) < S - 1)[None, None, :, None, None]
+  k_new = jnp.where(sink, _dense(params["mem_k"], enc, dt).reshape(B, n, S, H, Dh), 0).astype(dt)
+  v_new = jnp.where(sink, _dense(params["mem_v"], enc, dt).reshape(B, n, S, H, Dh), 0).astype(dt)
+  c0 = state["count"]
+  lmk_buf = jax.lax.dynamic_update_slice_in_dim(state["lmk"], enc[:, :, S - 1].astype(dt), c0, 1)
+  kmem = jax.lax.dynamic_update_slice_in_dim(state["kmem"], k_new, c0, 1)
+  vmem = jax.lax.dynamic_update_slice_in_dim(state["vmem"], v_new, c0, 1)
+  chunk_ids = c0 + jnp.arange(n, dtype=jnp.int32)
+
+  # upper groups
+  layer = cfg.lower_layers
+  ui = 0
+  ret_idx, ret_w = [], []
+  for g, nl in enumerate(cfg.upper_groups):
+    query = h.reshape(B, n, S, d)[:, :, S - 1]
+    qn = RMSNorm(cfg.norm_eps, jnp.float32, pdt).apply(
+        {"params": params[f"retriever_{g}"]["query_norm"]}, query)
+    idx, w = blocked_topk_retrieval(qn, lmk_buf, chunk_ids, cfg.top_k, block)
+    # c -> c+1 shift; the first chunk is served by the previous segment's last retrieval
+    sidx = jnp.concatenate([state["ret_idx"][g][:, None], idx[:, :-1]], axis=1)
+    sw = jnp.concatenate([state["ret_w"][g][:, None], w[:, :-1]], axis=1)
+    ret_idx.append(idx[:, -1])
+    ret_w.append(w[:, -1])
+    for _ in range(nl):
+      p = params[f"upper_{ui}"]
+      h1 = h + swa(layer, p["attn"], _norm(p["norm1"], h, cfg, dt))
+      gout = GroupedCrossAttention(H, Dh, cfg.gca_impl, True, cfg.norm_eps, cfg.init_std,
+                                   dtype=dt, param_dtype=pdt).apply(
+                                       {"params": p["gca"]}, h1.reshape(B, n, S, d), kmem, vmem,
+                                       sidx, sw).reshape(B, P, d)
+      if cfg.gca_residual == "official":
+        h = h1 + _mlp(p["mlp"], _norm(p["norm2"], h1 + gout, cfg, dt), cfg, dt)
+      else:
+        h2 = h1 + gout
+        h = h2 + _mlp(p["mlp"], _norm(p["norm2"], h2, cfg, dt), cfg, dt)
+      layer += 1
+      ui += 1
+
+  h = _norm(params["final_norm"], h, cfg, dt)
+  ht = h.reshape(B, n, S, d)[:, :, :L].reshape(B, Lseg, d)
+  logits = jnp.einsum("btd,vd->btv", ht, emb.astype(ht.dtype), preferred_element_type=jnp.float32)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.take_along_axis(logp, targets_BxL[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  sel = jnp.take(logp, select_Q, axis=1) if n_select else None
+
+  new_state = {
+      "pos": state["pos"] + P,
+      "count": c0 + n,
+      "cache_n": jnp.minimum(cache_n + P, cfg.window - 1),
+      "swa_k": jnp.stack(new_k).astype(state["swa_k"].dtype),
+      "swa_v": jnp.stack(new_v).astype(state["swa_v"].dtype),
+      "lmk": lmk_buf,
+      "kmem": kmem,
+      "vmem": vmem,
+      "ret_idx": jnp.stack(ret_idx).astype(jnp.int32),
+      "ret_w": jnp.stack(ret_w).astype(jnp.float32),
+  }
+  return new_state, nll, sel
+
+
+segment_step = jax.jit(_segment_step,
+                       static_argnames=("config", "mem_block", "n_select", "swa_block"))
+
+
+# ----------------------------------------------------------------------------- drivers
+
+
+def _check_segment(cfg: DRTConfig, segment_len: int) -> int:
+  L = cfg.text_per_chunk
+  if not isinstance(segment_len, int) or segment_len <= 0 or segment_len % L:
+    raise ValueError(
+        f"segment_len={segment_len!r}: this streaming engine only supports chunk-aligned segments, "
+        f"i.e. a positive multiple of text_per_chunk={L} text tokens (unaligned segments are not "
+        "implemented yet)")
+  return segment_len // L
+
+
+def _check_memory(memory: str) -> None:
+  if memory in ("auto", "device"):
+    return
+  if memory == "host":
+    raise NotImplementedError("memory='host' is not implemented yet; use memory='device'")
+  raise ValueError(f"memory={memory!r}: expected 'auto', 'device' or 'host'")
+
+
+class DRTStream:
+  """Incremental stream: `feed(tokens [B, segment_len], targets)` -> nll [B, segment_len].
+
+  The memory starts at `capacity` chunks and doubles (power-of-two capacities; one recompilation
+  per doubling) when a segment would overflow it.
+  """
+
+  def __init__(self, params, config: DRTConfig, batch: int, *, segment_len: int,
+               capacity: int = 64, mem_block: int = 4096, memory: str = "auto",
+               start_position: int = 0, swa_block: int = 256):
+    _check_config(config)
+    _check_memory(memory)
+    self.params = flax.core.meta.unbox(params)
+    self.config = config
+    self.n = _check_segment(config, segment_len)
+    self.segment_len = segment_len
+    self.mem_block = mem_block
+    self.swa_block = swa_block
+    self.state = init_state(config, batch, capacity, mem_block=mem_block,
+                            start_position=start_position)
+    self.chunks = 0  # host mirror of state["count"]
+
+  def feed(self, tokens_BxL, targets_BxL=None, select=None):
+    """Processes one segment. `select`: local text indices whose log-probs to return.
+    Returns nll [B, segment_len] (and log-probs [B, len(select), V] if `select` is given)."""
+    tokens = jnp.asarray(tokens_BxL, jnp.int32)
+    if tokens.shape[1] != self.segment_len:
+      raise ValueError(f"feed: expected {self.segment_len} tokens per segment, got {tokens.shape[1]}")
+    targets = jnp.zeros_like(tokens) if targets_BxL is None else jnp.asarray(targets_BxL, jnp.int32)
+    need = self.chunks + self.n
+    M = self.state["lmk"].shape[1]
+    if need > M:
+      self.state = grow_state(self.state, 1 << math.ceil(math.log2(need)), mem_block=self.mem_block)
+    sel = jnp.zeros((0,), jnp.int32) if select is None else jnp.asarray(select, jnp.int32)
+    self.state, nll, lp = segment_step(self.params, self.state, tokens, targets, sel,
+                                       config=self.config, mem_block=self.mem_block,
+                                       n_select=int(sel.shape[0]), swa_block=self.swa_block)
+    self.chunks = need
+    return nll if select is None else (nll, lp)
+
+
+def _run_stream(params, config, tokens, segment_len, memory, mem_block, positions=None,
+                swa_block=256):
+  tokens = np.asarray(tokens)
+  if tokens.ndim != 2 or tokens.shape[1] < 2:
+    raise ValueError(f"tokens must be [B, T] with T >= 2, got {tokens.shape}")
+  n = _check_segment(config, segment_len)
+  B, T = tokens.shape
+  Tin = T - 1
+  nseg = -(-Tin // segment_len)
+  pad = nseg * segment_len - Tin
+  inp = np.pad(tokens[:, :-1], ((0, 0), (0, pad)))
+  tgt = np.pad(tokens[:, 1:], ((0, 0), (0, pad)))
+  stream = DRTStream(params, config, B, segment_len=segment_len, capacity=nseg * n,
+                     mem_block=mem_block, memory=memory, swa_block=swa_block)
+  nlls, picked = [], []
+  if positions is not None:
+    positions = np.asarray(positions, np.int64)
+    if positions.ndim != 1 or np.any(positions < 0) or np.any(positions >= T):
+      raise ValueError(f"positions must be a 1-D array of text positions in [0, {T}), got {positions}")
+    Q = len(positions)
+  for s in range(nseg):
+    sl = slice(s * segment_len, (s + 1) * segment_len)
+    if positions is None:
+      nlls.append(stream.feed(inp[:, sl], tgt[:, sl]))
+      continue
+    # fixed-size selection (Q rows, padded with 0) so the step compiles once per call
+    local = positions - s * segment_len
+    inside = (local >= 0) & (local < segment_len)
+    nll, lp = stream.feed(inp[:, sl], tgt[:, sl], select=np.where(inside, local, 0).astype(np.int32))
+    nlls.append(nll)
+    picked.append((inside, lp))
+  nll = jnp.concatenate(nlls, axis=1)[:, :Tin]
+  if positions is None:
+    return nll, None
+  out = None
+  for inside, lp in picked:
+    if inside.any():
+      lp = np.asarray(lp)
+      out = np.zeros_like(lp) if out is None else out
+      out[:, inside] = lp[:, inside]
+  return nll, out
+
+
+def stream_nll(params, config: DRTConfig, tokens, *, segment_len: int, memory: str = "auto",
+               mem_block: int = 4096, swa_block: int = 256):
+  """Per-token NLL [B, T-1] float32 of token t+1 given tokens <= t, streamed segment by segment.
+
+  Equals the full forward pass `DRT(config).apply({"params": params}, tokens[:, :-1])` (train=False)
+  NLL wherever that fits. `segment_len` must be a multiple of 63 (chunk-aligned segments); any
+  window size W and any T >= 2 are supported. Memory is preallocated for the whole stream.
+  """
+  _check_config(config)
+  _check_memory(memory)
+  nll, _ = _run_stream(params, config, tokens, segment_len, memory, mem_block,
+                       swa_block=swa_block)
+  return nll
+
+
+def stream_logprobs_at(params, config: DRTConfig, tokens, positions, *, segment_len: int,
+                       memory: str = "auto", mem_block: int = 4096):
+  """Log-probabilities [B, Q, V] (f32) of the token following each text position in `positions`
+  (int [Q], each < T-1), given tokens <= that position, without materialising [T, V]
+  (one [B, segment_len, V] block on device at a time). Also returns the full NLL [B, T-1].
+
+  Returns (logprobs [B, Q, V] numpy, nll [B, T-1]). Argmax of the log-probs gives passkey guesses.
+  """
+  _check_config(config)
+  _check_memory(memory)
+  positions = np.asarray(positions, np.int64)
+  T = np.asarray(tokens).shape[1]
+  if positions.ndim != 1 or np.any(positions >= T - 1) or np.any(positions < 0):
+    raise ValueError(f"positions must be 1-D text positions in [0, {T - 1}), got {positions}")
+  nll, lp = _run_stream(params, config, tokens, segment_len, memory, mem_block, positions)
+  return lp, nll
+
+
+stream_logits_at = stream_logprobs_at

@@ -1,0 +1,142 @@
+"""Streaming inference (gca_jax.inference): equality with the full forward pass, one compile."""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gca_jax import DRT, DRTConfig
+from gca_jax.inference import (TRACE_COUNTS, DRTStream, blocked_topk_retrieval, stream_logprobs_at,
+                               stream_nll)
+from gca_jax.layers.retrieval import masked_topk_weights
+
+
+def small_cfg(**kw):
+  base = dict(vocab_size=97, d_model=32, num_heads=4, mlp_dim=64, lower_layers=1,
+              upper_groups=(1, 1), encoder_layers=1, window=8, top_k=2, dtype="float32")
+  base.update(kw)
+  return DRTConfig(**base)
+
+
+_CACHE = {}
+
+
+def setup(cfg, T, B=2, seed=0):
+  key = (cfg, T, B, seed)
+  if key not in _CACHE:
+    toks = jax.random.randint(jax.random.key(seed), (B, T), 0, cfg.vocab_size)
+    params = flax.core.meta.unbox(DRT(cfg).init({"params": jax.random.key(1)}, toks)["params"])
+    logits = DRT(cfg).apply({"params": params}, toks[:, :-1])
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    ref = -jnp.take_along_axis(logp, toks[:, 1:, None], axis=-1)[..., 0]
+    _CACHE[key] = params, toks, np.asarray(ref), np.asarray(logp)
+  return _CACHE[key]
+
+
+T_ODD = 63 * 7 + 10  # not a multiple of 63; 8 chunks, so retrieval (top_k 2) is non-trivial
+
+
+@pytest.mark.parametrize("window", [8, 100])
+@pytest.mark.parametrize("segment_len", [63, 189, 63 * 8])  # 1 chunk, 3 chunks, whole sequence
+def test_stream_nll_equals_full_forward(window, segment_len):
+  cfg = small_cfg(window=window)
+  params, toks, ref, _ = setup(cfg, T_ODD)
+  out = stream_nll(params, cfg, toks, segment_len=segment_len)
+  assert out.shape == (2, T_ODD - 1) and out.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("window,swa_block", [(8, 50), (100, 16)])
+def test_blocked_swa_queries(window, swa_block):
+  """SWA query blocks of max(swa_block, W) rows (192 positions -> padded blocks) stay exact."""
+  cfg = small_cfg(window=window)
+  params, toks, ref, _ = setup(cfg, T_ODD)
+  out = stream_nll(params, cfg, toks, segment_len=189, swa_block=swa_block)
+  np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_standard_residual_and_deeper_groups():
+  cfg = small_cfg(window=37, gca_residual="standard", upper_groups=(2, 1), lower_layers=2, top_k=3)
+  params, toks, ref, _ = setup(cfg, 63 * 6 + 1)
+  out = stream_nll(params, cfg, toks, segment_len=126)
+  np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_one_compile_across_segments():
+  cfg = small_cfg(window=11)
+  params, toks, ref, _ = setup(cfg, 63 * 5 + 3)
+  before = TRACE_COUNTS["segment_step"]
+  out = stream_nll(params, cfg, toks, segment_len=63)  # 6 segments
+  assert TRACE_COUNTS["segment_step"] - before == 1
+  np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_blocked_topk_matches_dense():
+  B, n, M, d, K = 2, 5, 24, 16, 3
+  ks = jax.random.split(jax.random.key(3), 2)
+  q = jax.random.normal(ks[0], (B, n, d))
+  lmk = jax.random.normal(ks[1], (B, M, d))
+  ids = jnp.arange(n, dtype=jnp.int32) * 5  # chunk ids 0, 5, ..., 20 (0 has no valid past)
+  scores = jnp.einsum("bcd,bmd->bcm", q, lmk) / jnp.sqrt(jnp.float32(d))
+  valid = jnp.broadcast_to(jnp.arange(M)[None, :] < ids[:, None], scores.shape)
+  ri, rw, _ = masked_topk_weights(scores, valid, K)
+  for block in (1, 4, 8, 24):
+    i, w = blocked_topk_retrieval(q, lmk, ids, K, block)
+    np.testing.assert_array_equal(np.asarray(i), np.asarray(ri))
+    np.testing.assert_allclose(np.asarray(w), np.asarray(rw), rtol=1e-6, atol=1e-7)
+  assert np.all(np.asarray(w)[:, 0] == 0)
+
+
+def test_small_memory_blocks_and_capacity_growth():
+  """Memory processed in blocks of 2 chunks, capacity grown 1 -> 2 -> 4 -> 8 (power of two)."""
+  cfg = small_cfg(window=8)
+  params, toks, ref, _ = setup(cfg, T_ODD)
+  out = stream_nll(params, cfg, toks, segment_len=63, mem_block=2)
+  np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
+  s = DRTStream(params, cfg, 2, segment_len=63, capacity=1, mem_block=2)
+  inp = np.pad(np.asarray(toks[:, :-1]), ((0, 0), (0, 8 * 63 - (T_ODD - 1))))
+  tgt = np.pad(np.asarray(toks[:, 1:]), ((0, 0), (0, 8 * 63 - (T_ODD - 1))))
+  nll = [s.feed(inp[:, i * 63:(i + 1) * 63], tgt[:, i * 63:(i + 1) * 63]) for i in range(8)]
+  assert s.state["lmk"].shape[1] == 8
+  np.testing.assert_allclose(np.asarray(jnp.concatenate(nll, 1))[:, :T_ODD - 1], ref,
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_far_positions_match_near_zero():
+  """SPEC §7: the same text streamed from position 16M+ gives the same NLL as from 0
+  (SWA RoPE uses positions relative to the window cache, float64 tables)."""
+  cfg = small_cfg(window=100)
+  params, toks, ref, _ = setup(cfg, T_ODD)
+  inp = np.pad(np.asarray(toks[:, :-1]), ((0, 0), (0, 3 * 189 - (T_ODD - 1))))
+  tgt = np.pad(np.asarray(toks[:, 1:]), ((0, 0), (0, 3 * 189 - (T_ODD - 1))))
+  outs = []
+  for start in (0, (1 << 24) + 64 * 7):
+    s = DRTStream(params, cfg, 2, segment_len=189, capacity=9, start_position=start)
+    outs.append(np.concatenate([np.asarray(s.feed(inp[:, i * 189:(i + 1) * 189],
+                                                  tgt[:, i * 189:(i + 1) * 189]))
+                                for i in range(3)], 1)[:, :T_ODD - 1])
+    assert int(s.state["pos"]) == start + 3 * 3 * 64
+  np.testing.assert_array_equal(outs[0], outs[1])
+  np.testing.assert_allclose(outs[0], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_logprobs_at_positions():
+  cfg = small_cfg(window=8)
+  params, toks, ref, logp = setup(cfg, T_ODD)
+  pos = np.array([0, 62, 63, 200, T_ODD - 2])
+  lp, nll = stream_logprobs_at(params, cfg, toks, pos, segment_len=126)
+  assert lp.shape == (2, 5, 97)
+  np.testing.assert_allclose(lp, logp[:, pos], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(nll), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_errors():
+  cfg = small_cfg()
+  params, toks, _, _ = setup(cfg, T_ODD)
+  with pytest.raises(ValueError, match="chunk-aligned"):
+    stream_nll(params, cfg, toks, segment_len=100)
+  with pytest.raises(NotImplementedError, match="host"):
+    stream_nll(params, cfg, toks, segment_len=63, memory="host")
+  with pytest.raises(ValueError, match="model_kind"):
+    stream_nll(params, small_cfg(model_kind="swa"), toks, segment_len=63)
