@@ -21,6 +21,7 @@ Everything is integer work (argsort, cumsum, searchsorted), hence deterministic.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -184,3 +185,24 @@ def random_retrieval(key, B: int, C: int, M: int, K: int, *, causal: bool = True
   if causal and M == C:
     idx, w = shift_to_next_chunk(idx, w)
   return idx, w
+
+
+def lse_custom_vjp(fwd, bwd):
+  """The custom_vjp shared by both kernels: `fwd(q,k,v,idx,w,cfg) -> (o, lse)` saves only the
+  per-slot log-sum-exp; `bwd(q,k,v,idx,w,lse,do,cfg) -> (dq,dk,dv,dw)`. `cfg` is a hashable tuple
+  of (name, value) pairs (non-differentiable); indices get no cotangent."""
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+  def gca(q, k, v, idx, w, cfg):
+    return fwd(q, k, v, idx, w, dict(cfg))[0]
+
+  def gca_fwd(q, k, v, idx, w, cfg):
+    o, lse = fwd(q, k, v, idx, w, dict(cfg))
+    return o, (q, k, v, idx, w, lse)
+
+  def gca_bwd(cfg, res, do):
+    q, k, v, idx, w, lse = res
+    dq, dk, dv, dw = bwd(q, k, v, idx, w, lse, do.astype(q.dtype), dict(cfg))
+    return dq, dk, dv, None, dw
+
+  gca.defvjp(gca_fwd, gca_bwd)
+  return gca

@@ -321,23 +321,7 @@ def _bwd(q, k, v, idx, w, lse, do, cfg):
 
 # ------------------------------------------------------------------------------- custom_vjp
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _gca(q, k, v, idx, w, cfg):
-  return _fwd(q, k, v, idx, w, dict(cfg))[0]
-
-
-def _gca_fwd(q, k, v, idx, w, cfg):
-  o, lse = _fwd(q, k, v, idx, w, dict(cfg))
-  return o, (q, k, v, idx, w, lse)
-
-
-def _gca_bwd(cfg, res, do):
-  q, k, v, idx, w, lse = res
-  dq, dk, dv, dw = _bwd(q, k, v, idx, w, lse, do.astype(q.dtype), dict(cfg))
-  return dq, dk, dv, None, dw
-
-
-_gca.defvjp(_gca_fwd, _gca_bwd)
+_gca = common.lse_custom_vjp(_fwd, _bwd)
 
 
 def _cfg(interpret):
