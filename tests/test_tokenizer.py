@@ -1,6 +1,7 @@
 """Tokenizer: exact round trip, special ids, long training lines, determinism (SPEC §4 data)."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,3 +137,20 @@ def test_vocab_too_large_for_corpus(tmp_path):
   (tmp_path / "a.txt").write_text("tiny corpus\n")
   with pytest.raises(CorpusError, match="training a 5000-piece tokenizer"):
     train_tokenizer(str(tmp_path), str(tmp_path / "tok"), 5000)
+
+
+def test_train_tokenizer_cli(tmp_path):
+  import subprocess
+  import sys
+  root = Path(__file__).resolve().parents[1]
+  script = root / "scripts" / "train_tokenizer.py"
+  prefix = tmp_path / "tk"
+  p = subprocess.run([sys.executable, str(script), "--input", str(root / "data/corpus/valid"),
+                      "--model_prefix", str(prefix), "--vocab_size", "400", "--num_threads", "1"],
+                     capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0, p.stderr
+  assert Tokenizer.load(str(prefix) + ".model").vocab_size == 400
+  bad = subprocess.run([sys.executable, str(script), "--input", str(tmp_path / "missing"),
+                        "--model_prefix", str(tmp_path / "x"), "--vocab_size", "400"],
+                       capture_output=True, text=True, timeout=120)
+  assert bad.returncode == 2 and "does not exist" in bad.stderr
