@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-MODEL_KINDS = ("drt", "swa", "full")
+MODEL_KINDS = ("drt", "swa", "full", "landmark")
 GCA_RESIDUALS = ("official", "standard")
 SWA_IMPLS = ("auto", "xla", "cudnn", "splash")
 GCA_IMPLS = ("auto", "xla")
@@ -18,12 +18,16 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class DRTConfig:
-  """Architecture of a DRT model (SPEC §1-2) or of one of its two baselines.
+  """Architecture of a DRT model (SPEC §1-2) or of one of its baselines.
 
   model_kind:
     "drt"  - lower SWA layers, chunk encoder, retrieval, upper SWA+GCA groups (SPEC §2).
     "swa"  - sliding-window-only LM: `num_layers` plain SWA blocks, no landmarks.
     "full" - full-causal-attention LM: `num_layers` plain blocks, no landmarks.
+    "landmark" - Landmark Attention (SPEC §6, training-time form): landmarks inserted as for DRT
+      (one after every `chunk_size - 1` text tokens, the learned `landmark` row), then
+      `num_layers` plain blocks whose attention is the grouped softmax over blocks of
+      `chunk_size` positions (`gca_jax.ops.landmark`).
     Baselines have depth `lower_layers + sum(upper_groups) + baseline_extra_layers`.
   chunk_size: positions per chunk including the landmark (64 = 63 text + 1 landmark).
   window: sliding-window size W in positions (counted on the landmark-augmented sequence
@@ -83,6 +87,8 @@ class DRTConfig:
     if not isinstance(self.upper_groups, tuple) or not all(
         isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in self.upper_groups):
       self._fail("upper_groups", "must be a tuple of positive layer counts, one per group")
+    if self.model_kind == "landmark" and self.chunk_size < 2:
+      self._fail("chunk_size", "must hold at least one text token and the landmark")
     if self.model_kind == "drt":
       if not self.upper_groups:
         self._fail("upper_groups", "a DRT model needs at least one retrieval group")

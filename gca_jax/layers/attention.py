@@ -1,4 +1,5 @@
-"""Self-attention layers: sliding-window (SPEC §2.1), full causal, and in-chunk bidirectional."""
+"""Self-attention layers: sliding-window (SPEC §2.1), full causal, in-chunk bidirectional, and
+Landmark Attention's grouped softmax (SPEC §6)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gca_jax.layers.common import Dense, Dtype, apply_rope, rope_tables
+from gca_jax.ops import landmark as landmark_ops
 from gca_jax.ops import swa as swa_ops
 
 
@@ -14,7 +16,9 @@ class SelfAttention(nn.Module):
   """Multi-head self-attention with RoPE: q/k/v/o projections (no bias) around an attention op.
 
   x [B,T,d] -> [B,T,d]. `mode`: "window" (causal, last `window` positions, impl switch),
-  "causal" (full causal), "bidirectional" (no mask; used inside a chunk).
+  "causal" (full causal), "bidirectional" (no mask; used inside a chunk), "landmark" (Landmark
+  Attention grouped softmax, `gca_jax.ops.landmark`; here `window` is the block size in positions,
+  text tokens + 1 landmark, and the input must already hold the landmarks; plain jnp, `impl` unused).
   `positions`: RoPE positions (length T); default 0..T-1.
   """
   num_heads: int
@@ -45,6 +49,11 @@ class SelfAttention(nn.Module):
       o = swa_ops.sliding_window_attention(q, k, v, self.window, impl=self.impl)
     elif self.mode == "causal":
       o = swa_ops.causal_attention(q, k, v, impl=self.impl)
+    elif self.mode == "landmark":
+      if self.window is None:
+        raise ValueError("SelfAttention(mode='landmark') needs the block size in `window`")
+      flat = lambda y: y.reshape(-1, T, self.num_heads, self.head_dim)
+      o = landmark_ops.landmark_attention(flat(q), flat(k), flat(v), self.window).reshape(q.shape)
     elif self.mode == "bidirectional":
       flat = lambda y: y.reshape(-1, T, self.num_heads, self.head_dim)
       o = swa_ops.attention_reference(flat(q), flat(k), flat(v), causal=False).reshape(q.shape)

@@ -35,7 +35,9 @@ def remove_landmarks(y_BxNxF, text_per_chunk: int, T: int):
 
 
 class DRT(nn.Module):
-  """DRT language model; `config.model_kind` also selects the SWA-only / full-attention baselines.
+  """DRT language model; `config.model_kind` also selects the SWA-only / full-attention / Landmark
+  Attention baselines ("landmark": landmarks inserted as below, `num_layers` plain blocks with the
+  grouped-softmax attention over blocks of `chunk_size` positions, SPEC §6).
 
   __call__(tokens int32 [B,T], *, train=False) -> logits float32 [B,T,vocab] for the T text
   tokens (`embeddings_BxTxd`, if given, replaces the token-embedding lookup; the tied head still
@@ -71,6 +73,15 @@ class DRT(nn.Module):
       x = embeddings_BxTxd.astype(dt)
     block = self._block_cls(DecoderBlock)
     block_kw = dict(rope_theta=cfg.rope_theta, eps=cfg.norm_eps, std=cfg.init_std, **kw)
+
+    if cfg.model_kind == "landmark":
+      S, L = cfg.chunk_size, cfg.text_per_chunk
+      landmark = self.param("landmark", normal_init(cfg.init_std, ("embed",)), (cfg.d_model,), pdt)
+      h = nn.with_logical_constraint(insert_landmarks(x, landmark, L), _ACT)
+      for i in range(cfg.num_layers):
+        h = block(H, Dh, cfg.mlp_dim, "landmark", S, "xla", name=f"layer_{i}", **block_kw)(h)
+      h = RMSNorm(cfg.norm_eps, name="final_norm", **kw)(h)
+      return self._head(remove_landmarks(h, L, T), emb)
 
     if cfg.model_kind != "drt":
       mode, window = ("window", cfg.window) if cfg.model_kind == "swa" else ("causal", None)
