@@ -47,6 +47,31 @@ def test_stream_nll_equals_full_forward(window, segment_len):
   np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("window", [8, 100])
+@pytest.mark.parametrize("segment_len", [1, 17, 100, 130])
+def test_unaligned_segments_equal_full_forward(window, segment_len):
+  """Segments not aligned to chunks (landmarks fall mid-segment, chunks span segments); >= 4
+  segments each, one trace of the step per stream."""
+  cfg = small_cfg(window=window)
+  params, toks, ref, _ = setup(cfg, T_ODD)
+  before = TRACE_COUNTS["segment_step"]
+  out = stream_nll(params, cfg, toks, segment_len=segment_len)
+  assert TRACE_COUNTS["segment_step"] - before == 1
+  assert out.shape == (2, T_ODD - 1) and out.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_retrieval_is_live():
+  """The reference depends on the retrieved memory (so the equality tests exercise GCA)."""
+  cfg = small_cfg(window=8)
+  params, toks, ref, _ = setup(cfg, T_ODD)
+  p2 = dict(params, mem_v={"kernel": jnp.zeros_like(params["mem_v"]["kernel"])})
+  logp = jax.nn.log_softmax(DRT(cfg).apply({"params": p2}, toks[:, :-1]), axis=-1)
+  nll0 = -np.asarray(jnp.take_along_axis(logp, toks[:, 1:, None], axis=-1)[..., 0])
+  assert np.abs(nll0[:, :126] - ref[:, :126]).max() < 1e-6  # chunks 0, 1: nothing retrieved
+  assert np.abs(nll0[:, 126:] - ref[:, 126:]).max() > 1e-3
+
+
 @pytest.mark.parametrize("window,swa_block", [(8, 50), (100, 16)])
 def test_blocked_swa_queries(window, swa_block):
   """SWA query blocks of max(swa_block, W) rows (192 positions -> padded blocks) stay exact."""
@@ -101,6 +126,13 @@ def test_small_memory_blocks_and_capacity_growth():
   assert s.state["lmk"].shape[1] == 8
   np.testing.assert_allclose(np.asarray(jnp.concatenate(nll, 1))[:, :T_ODD - 1], ref,
                              rtol=1e-5, atol=1e-5)
+  # unaligned segments (40 tokens): memory grows (4 -> 8) to hold count + ceil(40/63) rows
+  s = DRTStream(params, cfg, 2, segment_len=40, capacity=4, mem_block=2)
+  nll = [s.feed(inp[:, i * 40:(i + 1) * 40], tgt[:, i * 40:(i + 1) * 40]) for i in range(12)]
+  assert int(s.state["count"]) == 480 // 63 and int(s.state["n_text"]) == 480
+  assert s.state["lmk"].shape[1] == 8
+  np.testing.assert_allclose(np.asarray(jnp.concatenate(nll, 1))[:, :T_ODD - 1], ref,
+                             rtol=1e-5, atol=1e-5)
 
 
 def test_far_positions_match_near_zero():
@@ -121,11 +153,12 @@ def test_far_positions_match_near_zero():
   np.testing.assert_allclose(outs[0], ref, rtol=1e-5, atol=1e-5)
 
 
-def test_logprobs_at_positions():
+@pytest.mark.parametrize("segment_len", [126, 50])
+def test_logprobs_at_positions(segment_len):
   cfg = small_cfg(window=8)
   params, toks, ref, logp = setup(cfg, T_ODD)
   pos = np.array([0, 62, 63, 200, T_ODD - 2])
-  lp, nll = stream_logprobs_at(params, cfg, toks, pos, segment_len=126)
+  lp, nll = stream_logprobs_at(params, cfg, toks, pos, segment_len=segment_len)
   assert lp.shape == (2, 5, 97)
   np.testing.assert_allclose(lp, logp[:, pos], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(np.asarray(nll), ref, rtol=1e-5, atol=1e-5)
@@ -134,8 +167,9 @@ def test_logprobs_at_positions():
 def test_errors():
   cfg = small_cfg()
   params, toks, _, _ = setup(cfg, T_ODD)
-  with pytest.raises(ValueError, match="chunk-aligned"):
-    stream_nll(params, cfg, toks, segment_len=100)
+  for bad in (0, -63, 2.5):
+    with pytest.raises(ValueError, match="segment_len"):
+      stream_nll(params, cfg, toks, segment_len=bad)
   with pytest.raises(NotImplementedError, match="host"):
     stream_nll(params, cfg, toks, segment_len=63, memory="host")
   with pytest.raises(ValueError, match="model_kind"):

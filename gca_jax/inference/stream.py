@@ -1,41 +1,53 @@
 """Streaming long-context inference for DRT (SPEC §2, §7): one jit-compiled segment step.
 
-The token stream is cut into segments of `segment_len` text tokens; `segment_len` must be a
-multiple of `config.text_per_chunk` (63), i.e. segments are **chunk-aligned** (a segment of n
-chunks is n*64 positions, landmarks included). Segments need NOT be aligned to the SWA window W:
-the window cache carries the last W-1 positions of every SWA layer across segments. Unaligned
-(non chunk-multiple) `segment_len` raises a ValueError (not implemented in this version).
+The token stream is cut into segments of `segment_len` text tokens, any positive number: segments
+need NOT be aligned to chunks (63 text tokens + 1 landmark) nor to the SWA window W. Text token t
+sits at landmark-augmented position t + t // 63, and a landmark follows every 63rd text token, so
+a segment of P text tokens starting after n_text tokens covers P + ((n_text % 63) + P) // 63
+augmented positions. The step lays them out in a fixed window of P + ceil(P/63) rows (a valid
+prefix, the rest padding that is neither cached nor used as a key), so ONE compiled step serves
+every segment whatever its offset within a chunk. Chunks may span segments: the lower-layer
+outputs of the unfinished chunk are carried in "partial"; a chunk is encoded and written to
+memory in the segment that holds its landmark; the retrieval made at a chunk's landmark serves
+the next chunk, in this segment or the next (the "ret_*" carry). The window cache carries the
+last W-1 positions of every SWA layer across segments.
 
 State carried across segments (a dict pytree, every leaf of fixed shape, so ONE compiled step
 serves every segment of a stream):
 
-  "pos"     int32 []                    positions processed so far (multiple of chunk_size);
-                                        bookkeeping only, it never enters RoPE.
-  "count"   int32 []                    chunks in memory (= valid rows of the buffers below).
+  "pos"     int32 []                    augmented positions (landmarks included) processed so
+                                        far, plus start_position; bookkeeping only, it never
+                                        enters RoPE.
+  "n_text"  int32 []                    text tokens processed so far (sets the landmark offsets).
+  "count"   int32 []                    chunks in memory (= n_text // 63, valid rows of the
+                                        buffers below; rows beyond it are scratch).
   "cache_n" int32 []                    valid rows of the window cache (min(pos, W-1)).
   "swa_k"   [Lswa, B, W-1, H, Dh] dt    PRE-RoPE keys of the last W-1 positions, every SWA layer
                                         (lower_0.., then upper_0..); "swa_v" the values.
+  "partial" [B, 64, d] dt               lower-layer outputs of the unfinished chunk (its first
+                                        n_text % 63 rows are valid), for the chunk encoder.
   "lmk"     [B, M, d] dt                landmark keys of the chunk memory (encoder output row 63).
   "kmem", "vmem" [B, M, S, H, Dh] dt    GCA memory (mem_k / mem_v of the encoder output, sink
                                         row zeroed), capacity M chunks, `count` of them valid.
   "ret_idx" int32 [G, B, K], "ret_w" f32 [G, B, K]
                                         per retrieval group, the retrieval made at the last
-                                        landmark seen; it serves the first chunk of the next
-                                        segment (the c -> c+1 shift across segment boundaries).
+                                        landmark seen; it serves the chunk after it (the c -> c+1
+                                        shift across segment boundaries).
 
 RoPE (SPEC §7): SWA only depends on relative positions, so each segment rotates queries and keys
-with positions *relative to the start of the cache* (0 .. W-1+P-1), built in float64 on the host
+with positions *relative to the start of the cache* (0 .. W-1+A-1, A the window rows), built in float64 on the host
 (`rope_tables` with static numpy positions). Cached keys are stored un-rotated and re-rotated per
 segment; the absolute position never enters a phase, so 16M+ positions are as exact as position 0.
 The chunk encoder uses positions 0..63 as in the model.
 
-Retrieval: for the segment's n chunks, scores against the memory are computed in blocks of
+Retrieval: for the (at most ceil(P/63)) chunks completed in the segment, scores against the memory are computed in blocks of
 `mem_block` chunks with a running top-k merge (no [C, C] or [n, M] score matrix beyond one block),
 visiting only the blocks that hold valid chunks (a `while_loop` with a traced trip count).
 Selection and fusion weights follow `masked_topk_weights` (deterministic, train=False).
 
 Memory capacity: `init_state(..., capacity)` preallocates M chunks (rounded up to a multiple of
-`mem_block`); `stream_nll` sizes it for the whole stream; `DRTStream.feed` doubles it (power-of-two
+`mem_block`); a step writes ceil(P/63) rows at `count`, so M >= count + ceil(P/63) is needed;
+`stream_nll` sizes it for the whole stream; `DRTStream.feed` doubles it (power-of-two
 capacities, one recompilation per doubling) when it would overflow.
 
 memory placement: only "device" (="auto") is implemented; "host" raises NotImplementedError.
@@ -95,10 +107,12 @@ def init_state(config: DRTConfig, batch: int, capacity: int, *, mem_block: int =
   G = len(cfg.upper_groups)
   return {
       "pos": jnp.asarray(start_position, jnp.int32),
+      "n_text": jnp.zeros((), jnp.int32),
       "count": jnp.zeros((), jnp.int32),
       "cache_n": jnp.zeros((), jnp.int32),
       "swa_k": jnp.zeros((nl, batch, Wc, H, Dh), dt),
       "swa_v": jnp.zeros((nl, batch, Wc, H, Dh), dt),
+      "partial": jnp.zeros((batch, S, d), dt),
       "lmk": jnp.zeros((batch, M, d), dt),
       "kmem": jnp.zeros((batch, M, S, H, Dh), dt),
       "vmem": jnp.zeros((batch, M, S, H, Dh), dt),
@@ -145,8 +159,12 @@ def _mlp(p, x, cfg, dt):
       {"params": p}, x)
 
 
-def _swa_cached(p_attn, x_BxPxd, k_cache, v_cache, cache_n, cfg, dt, qblock=256):
+def _swa_cached(p_attn, x_BxPxd, k_cache, v_cache, cache_n, cfg, dt, qblock=256, n_valid=None):
   """Sliding-window attention of P new positions over [cache (W-1 rows, `cache_n` valid), new].
+
+  `n_valid` (traced int, default P): only the first n_valid new positions are real (the rest is
+  right padding: it never serves as a key of a real query, causality); the returned cache holds
+  the last W-1 rows of [cache, first n_valid new rows].
 
   Queries/keys are rotated with positions relative to the cache start (float64 tables).
   Queries are processed in blocks of max(qblock, W) rows against their own key window.
@@ -192,7 +210,10 @@ def _swa_cached(p_attn, x_BxPxd, k_cache, v_cache, cache_n, cfg, dt, qblock=256)
                  preferred_element_type=jnp.float32).astype(qr.dtype)
   o = o.reshape(B, nb * bq, H, Dh)[:, :P]
   out = _dense(p_attn["o_proj"], o.reshape(B, P, H * Dh), dt)
-  return out, k_all[:, N - Wc:], v_all[:, N - Wc:]
+  if n_valid is None:
+    return out, k_all[:, N - Wc:], v_all[:, N - Wc:]
+  return (out, jax.lax.dynamic_slice_in_dim(k_all, n_valid, Wc, axis=1),
+          jax.lax.dynamic_slice_in_dim(v_all, n_valid, Wc, axis=1))
 
 
 def blocked_topk_retrieval(q_Bxnxd, lmk_BxMxd, chunk_ids_n, top_k: int, block: int):
@@ -238,35 +259,62 @@ def blocked_topk_retrieval(q_Bxnxd, lmk_BxMxd, chunk_ids_n, top_k: int, block: i
 # ----------------------------------------------------------------------------- the segment step
 
 
-def _segment_step(params, state: State, tokens_BxL, targets_BxL, select_Q, *, config: DRTConfig,
+def _segment_step(params, state: State, tokens_BxP, targets_BxP, select_Q, *, config: DRTConfig,
                   mem_block: int, n_select: int, swa_block: int = 256):
-  """One chunk-aligned segment: tokens [B, n*63] -> (new state, nll [B, n*63] f32,
-  log-probs [B, n_select, V] at local text indices `select_Q` (or None))."""
+  """One segment of P text tokens (any P >= 1, not necessarily chunk-aligned):
+  tokens [B, P] -> (new state, nll [B, P] f32, log-probs [B, n_select, V] at local text indices
+  `select_Q` (or None)).
+
+  With r = n_text % 63 text tokens of the current chunk already processed, the segment covers
+  nv = P + nl landmark-augmented positions (nl = (r + P) // 63 landmarks, i.e. completed chunks),
+  laid out in a fixed window of A = P + ceil(P/63) positions whose first nv rows are valid.
+  Text token j sits at window row j + (r + j) // 63; the m-th landmark (m = 1..nl) at 64m - r - 1.
+  For the chunk encoder and GCA the window is also viewed as NC+1 chunk slots of 64 rows
+  (NC = ceil(P/63)): slot row s holds window row s - r, and rows s < r of slot 0 come from the
+  carried `partial` buffer (lower-layer outputs of the unfinished chunk)."""
   TRACE_COUNTS["segment_step"] += 1
   cfg = config
   dt = dtype_of(cfg.dtype)
   S, L, d = cfg.chunk_size, cfg.text_per_chunk, cfg.d_model
   H, Dh = cfg.num_heads, cfg.head_dim
-  B, Lseg = tokens_BxL.shape
-  n = Lseg // L
-  P = n * S
+  B, P = tokens_BxP.shape
+  NC = -(-P // L)  # most chunks that can complete inside one segment
+  A = P + NC  # fixed window of augmented positions
+  NS = (NC + 1) * S  # chunk-slot rows (>= 62 + A)
   M = state["lmk"].shape[1]
   block = effective_mem_block(M, mem_block)
   if M % block:
     block = math.gcd(M, block)
   emb = params["embedding"]
 
-  x = jnp.take(emb, tokens_BxL, axis=0).astype(dt).reshape(B, n, L, d)
-  lmk_tok = jnp.broadcast_to(params["landmark"].astype(dt), (B, n, 1, d))
-  h = jnp.concatenate([x, lmk_tok], axis=2).reshape(B, P, d)
+  n_text = state["n_text"]
+  r = n_text % L  # text tokens of the current chunk already seen (its slot rows 0..r-1)
+  nl = (r + P) // L  # chunks completed in this segment
+  nv = P + nl  # valid window rows (a prefix)
+  c0 = state["count"]  # chunk id of the current chunk (= n_text // 63)
 
-  names = _swa_layer_names(cfg)
+  # window rows: landmark iff (r + i) % 64 == 63, else text token i - (r + i) // 64
+  i_win = jnp.arange(A, dtype=jnp.int32)
+  q_win = r + i_win
+  is_lmk = (q_win % S) == S - 1
+  j_src = jnp.clip(i_win - q_win // S, 0, P - 1)
+  x = jnp.take(emb, tokens_BxP, axis=0).astype(dt)  # [B, P, d]
+  h = jnp.where(is_lmk[None, :, None], params["landmark"].astype(dt)[None, None, :],
+                jnp.take(x, j_src, axis=1))
+  j_txt = jnp.arange(P, dtype=jnp.int32)
+  a_txt = j_txt + (r + j_txt) // L  # window row of each text token
+  s_rows = jnp.arange(NS, dtype=jnp.int32)
+  s_src = jnp.clip(s_rows - r, 0, A - 1)  # window row held by each slot row
+
+  def to_slots(y_BxAxd):
+    return jnp.take(y_BxAxd, s_src, axis=1)  # [B, NS, d]
+
   cache_n = state["cache_n"]
   new_k, new_v = [], []
 
   def swa(li, p_attn, xin):
     out, kc, vc = _swa_cached(p_attn, xin, state["swa_k"][li], state["swa_v"][li], cache_n, cfg, dt,
-                               swa_block)
+                               swa_block, n_valid=nv)
     new_k.append(kc)
     new_v.append(vc)
     return out
@@ -277,41 +325,49 @@ def _segment_step(params, state: State, tokens_BxL, targets_BxL, select_Q, *, co
     h = h + swa(i, p["attn"], _norm(p["norm1"], h, cfg, dt))
     h = h + _mlp(p["mlp"], _norm(p["norm2"], h, cfg, dt), cfg, dt)
 
-  # chunk encoder on the segment's (complete) chunks, written into memory at `count`
+  # chunk slots of lower-layer outputs; slot 0 rows < r come from the carried partial chunk
+  z = jnp.where((s_rows < r)[None, :, None],
+                jnp.pad(state["partial"].astype(dt), ((0, 0), (0, NS - S), (0, 0))), to_slots(h))
+  new_partial = jax.lax.dynamic_slice_in_dim(z, nl * S, S, axis=1)
+
+  # chunk encoder on the NC first slots (the first nl are complete), written into memory at
+  # `count`; rows beyond count + nl are scratch (never retrieved, overwritten later)
   pdt = dtype_of(cfg.param_dtype)
   enc = ChunkEncoder(cfg.encoder_layers, H, Dh, cfg.mlp_dim, cfg.rope_theta, cfg.norm_eps,
                      cfg.init_std, dtype=dt, param_dtype=pdt).apply(
-                         {"params": params["encoder"]}, h.reshape(B, n, S, d))
+                         {"params": params["encoder"]}, z[:, :NC * S].reshape(B, NC, S, d))
   sink = (jnp.arange(S) < S - 1)[None, None, :, None, None]
-  k_new = jnp.where(sink, _dense(params["mem_k"], enc, dt).reshape(B, n, S, H, Dh), 0).astype(dt)
-  v_new = jnp.where(sink, _dense(params["mem_v"], enc, dt).reshape(B, n, S, H, Dh), 0).astype(dt)
-  c0 = state["count"]
+  k_new = jnp.where(sink, _dense(params["mem_k"], enc, dt).reshape(B, NC, S, H, Dh), 0).astype(dt)
+  v_new = jnp.where(sink, _dense(params["mem_v"], enc, dt).reshape(B, NC, S, H, Dh), 0).astype(dt)
   lmk_buf = jax.lax.dynamic_update_slice_in_dim(state["lmk"], enc[:, :, S - 1].astype(dt), c0, 1)
   kmem = jax.lax.dynamic_update_slice_in_dim(state["kmem"], k_new, c0, 1)
   vmem = jax.lax.dynamic_update_slice_in_dim(state["vmem"], v_new, c0, 1)
-  chunk_ids = c0 + jnp.arange(n, dtype=jnp.int32)
+  chunk_ids = c0 + jnp.arange(NC, dtype=jnp.int32)
+  lmk_rows = jnp.clip(S * jnp.arange(1, NC + 1, dtype=jnp.int32) - r - 1, 0, A - 1)
 
   # upper groups
   layer = cfg.lower_layers
   ui = 0
   ret_idx, ret_w = [], []
-  for g, nl in enumerate(cfg.upper_groups):
-    query = h.reshape(B, n, S, d)[:, :, S - 1]
+  for g, nlay in enumerate(cfg.upper_groups):
+    query = jnp.take(h, lmk_rows, axis=1)  # [B, NC, d] landmark hidden states at group entry
     qn = RMSNorm(cfg.norm_eps, jnp.float32, pdt).apply(
         {"params": params[f"retriever_{g}"]["query_norm"]}, query)
     idx, w = blocked_topk_retrieval(qn, lmk_buf, chunk_ids, cfg.top_k, block)
-    # c -> c+1 shift; the first chunk is served by the previous segment's last retrieval
-    sidx = jnp.concatenate([state["ret_idx"][g][:, None], idx[:, :-1]], axis=1)
-    sw = jnp.concatenate([state["ret_w"][g][:, None], w[:, :-1]], axis=1)
-    ret_idx.append(idx[:, -1])
-    ret_w.append(w[:, -1])
-    for _ in range(nl):
+    # c -> c+1 shift: slot 0 (the current chunk) is served by the carried retrieval, slot k by
+    # the retrieval of the k-th chunk completed in this segment
+    sidx = jnp.concatenate([state["ret_idx"][g][:, None], idx], axis=1)  # [B, NC+1, K]
+    sw = jnp.concatenate([state["ret_w"][g][:, None], w], axis=1)
+    ret_idx.append(jax.lax.dynamic_index_in_dim(sidx, nl, axis=1, keepdims=False))
+    ret_w.append(jax.lax.dynamic_index_in_dim(sw, nl, axis=1, keepdims=False))
+    for _ in range(nlay):
       p = params[f"upper_{ui}"]
       h1 = h + swa(layer, p["attn"], _norm(p["norm1"], h, cfg, dt))
-      gout = GroupedCrossAttention(H, Dh, cfg.gca_impl, True, cfg.norm_eps, cfg.init_std,
-                                   dtype=dt, param_dtype=pdt).apply(
-                                       {"params": p["gca"]}, h1.reshape(B, n, S, d), kmem, vmem,
-                                       sidx, sw).reshape(B, P, d)
+      gs = GroupedCrossAttention(H, Dh, cfg.gca_impl, True, cfg.norm_eps, cfg.init_std,
+                                 dtype=dt, param_dtype=pdt).apply(
+                                     {"params": p["gca"]}, to_slots(h1).reshape(B, NC + 1, S, d),
+                                     kmem, vmem, sidx, sw).reshape(B, NS, d)
+      gout = jnp.take(gs, r + i_win, axis=1)  # back to window rows
       if cfg.gca_residual == "official":
         h = h1 + _mlp(p["mlp"], _norm(p["norm2"], h1 + gout, cfg, dt), cfg, dt)
       else:
@@ -321,18 +377,20 @@ def _segment_step(params, state: State, tokens_BxL, targets_BxL, select_Q, *, co
       ui += 1
 
   h = _norm(params["final_norm"], h, cfg, dt)
-  ht = h.reshape(B, n, S, d)[:, :, :L].reshape(B, Lseg, d)
+  ht = jnp.take(h, a_txt, axis=1)  # [B, P, d] text rows
   logits = jnp.einsum("btd,vd->btv", ht, emb.astype(ht.dtype), preferred_element_type=jnp.float32)
   logp = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(logp, targets_BxL[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  nll = -jnp.take_along_axis(logp, targets_BxP[..., None].astype(jnp.int32), axis=-1)[..., 0]
   sel = jnp.take(logp, select_Q, axis=1) if n_select else None
 
   new_state = {
-      "pos": state["pos"] + P,
-      "count": c0 + n,
-      "cache_n": jnp.minimum(cache_n + P, cfg.window - 1),
+      "pos": state["pos"] + nv,
+      "n_text": n_text + P,
+      "count": c0 + nl,
+      "cache_n": jnp.minimum(cache_n + nv, cfg.window - 1),
       "swa_k": jnp.stack(new_k).astype(state["swa_k"].dtype),
       "swa_v": jnp.stack(new_v).astype(state["swa_v"].dtype),
+      "partial": new_partial.astype(state["partial"].dtype),
       "lmk": lmk_buf,
       "kmem": kmem,
       "vmem": vmem,
@@ -350,13 +408,12 @@ segment_step = jax.jit(_segment_step,
 
 
 def _check_segment(cfg: DRTConfig, segment_len: int) -> int:
-  L = cfg.text_per_chunk
-  if not isinstance(segment_len, int) or segment_len <= 0 or segment_len % L:
-    raise ValueError(
-        f"segment_len={segment_len!r}: this streaming engine only supports chunk-aligned segments, "
-        f"i.e. a positive multiple of text_per_chunk={L} text tokens (unaligned segments are not "
-        "implemented yet)")
-  return segment_len // L
+  """Validates `segment_len` (any positive int); returns the most chunks that can complete
+  inside one segment, ceil(segment_len / 63) (= chunk rows a step writes into memory)."""
+  if isinstance(segment_len, bool) or not isinstance(segment_len, (int, np.integer)) \
+      or segment_len <= 0:
+    raise ValueError(f"segment_len={segment_len!r} must be a positive int (text tokens per segment)")
+  return -(-int(segment_len) // cfg.text_per_chunk)
 
 
 def _check_memory(memory: str) -> None:
@@ -370,6 +427,9 @@ def _check_memory(memory: str) -> None:
 class DRTStream:
   """Incremental stream: `feed(tokens [B, segment_len], targets)` -> nll [B, segment_len].
 
+  `segment_len` is any positive number of text tokens (chunk-aligned or not); every `feed` uses
+  the same compiled step.
+
   The memory starts at `capacity` chunks and doubles (power-of-two capacities; one recompilation
   per doubling) when a segment would overflow it.
   """
@@ -381,13 +441,13 @@ class DRTStream:
     _check_memory(memory)
     self.params = flax.core.meta.unbox(params)
     self.config = config
-    self.n = _check_segment(config, segment_len)
-    self.segment_len = segment_len
+    self.n = _check_segment(config, segment_len)  # max chunks completed per segment
+    self.segment_len = int(segment_len)
     self.mem_block = mem_block
     self.swa_block = swa_block
     self.state = init_state(config, batch, capacity, mem_block=mem_block,
                             start_position=start_position)
-    self.chunks = 0  # host mirror of state["count"]
+    self.n_text = 0  # host mirror of state["n_text"]
 
   def feed(self, tokens_BxL, targets_BxL=None, select=None):
     """Processes one segment. `select`: local text indices whose log-probs to return.
@@ -396,7 +456,9 @@ class DRTStream:
     if tokens.shape[1] != self.segment_len:
       raise ValueError(f"feed: expected {self.segment_len} tokens per segment, got {tokens.shape[1]}")
     targets = jnp.zeros_like(tokens) if targets_BxL is None else jnp.asarray(targets_BxL, jnp.int32)
-    need = self.chunks + self.n
+    # the step writes ceil(P/63) memory rows at `count` (those beyond the completed chunks are
+    # scratch), so the buffers must hold count + ceil(P/63) rows
+    need = self.n_text // self.config.text_per_chunk + self.n
     M = self.state["lmk"].shape[1]
     if need > M:
       self.state = grow_state(self.state, 1 << math.ceil(math.log2(need)), mem_block=self.mem_block)
@@ -404,7 +466,7 @@ class DRTStream:
     self.state, nll, lp = segment_step(self.params, self.state, tokens, targets, sel,
                                        config=self.config, mem_block=self.mem_block,
                                        n_select=int(sel.shape[0]), swa_block=self.swa_block)
-    self.chunks = need
+    self.n_text += self.segment_len
     return nll if select is None else (nll, lp)
 
 
@@ -420,7 +482,8 @@ def _run_stream(params, config, tokens, segment_len, memory, mem_block, position
   pad = nseg * segment_len - Tin
   inp = np.pad(tokens[:, :-1], ((0, 0), (0, pad)))
   tgt = np.pad(tokens[:, 1:], ((0, 0), (0, pad)))
-  stream = DRTStream(params, config, B, segment_len=segment_len, capacity=nseg * n,
+  stream = DRTStream(params, config, B, segment_len=segment_len,
+                     capacity=(nseg * segment_len) // config.text_per_chunk + n,
                      mem_block=mem_block, memory=memory, swa_block=swa_block)
   nlls, picked = [], []
   if positions is not None:
@@ -456,8 +519,9 @@ def stream_nll(params, config: DRTConfig, tokens, *, segment_len: int, memory: s
   """Per-token NLL [B, T-1] float32 of token t+1 given tokens <= t, streamed segment by segment.
 
   Equals the full forward pass `DRT(config).apply({"params": params}, tokens[:, :-1])` (train=False)
-  NLL wherever that fits. `segment_len` must be a multiple of 63 (chunk-aligned segments); any
-  window size W and any T >= 2 are supported. Memory is preallocated for the whole stream.
+  NLL wherever that fits, for any `segment_len` >= 1 (segments need not be aligned to the
+  63-token chunks), any window size W and any T >= 2. The step is compiled once per stream.
+  Memory is preallocated for the whole stream.
   """
   _check_config(config)
   _check_memory(memory)
