@@ -205,3 +205,149 @@ def test_landmark_keys_and_seeds(tok):
   b = make_landmark_passkey_sample(CT * 8, 0.3, tok, np.random.default_rng(9))
   np.testing.assert_array_equal(a.tokens, b.tokens)
   assert a.answer_index == b.answer_index == 7 * CT + 3
+
+
+# ------------------------------------------------------------------------- multi-key and 2-hop
+
+from gca_jax.data.passkey import (HOP_ARROW, HOP_NEEDLE_HEAD, HOP_QUESTION_HEAD,  # noqa: E402
+                                  MULTIKEY_NEEDLE_HEAD, MULTIKEY_QUESTION_HEAD, landmark_haystack,
+                                  make_2hop_passkey_sample, make_multikey_passkey_sample)
+
+
+def _check_answer_layout(s, length, k, chunk_text=CT, offset=4):
+  """The answer sits `offset` tokens into its chunk, the question starts in an earlier chunk."""
+  a = s.answer_start
+  assert a == answer_start(length, k, offset, chunk_text) and a % chunk_text == offset
+  assert (s.answer_index) // chunk_text == a // chunk_text
+  assert s.question_start // chunk_text < a // chunk_text
+  np.testing.assert_array_equal(s.tokens[a:a + k], s.key)
+  assert s.tokens.shape == (length,) and s.tokens.dtype == np.int32
+
+
+@pytest.mark.parametrize("length,depths,offset,chunk_text", [
+    (CT * 8, (0.0, 0.5, 1.0, 0.5), 4, CT),
+    (CT * 16 + 30, (0.9, 0.1, 0.3), 4, CT),
+    (CT * 5 + 7, (1.0, 1.0), 2, CT),
+    (15 * 12, (0.25, 0.75), 4, 15),  # small chunks (the test models' chunk_size 16)
+])
+def test_multikey_layout(tok, length, depths, offset, chunk_text):
+  filler = np.arange(5000, 9000, dtype=np.int32)  # distinct ids: the filler's order is visible
+  s = make_multikey_passkey_sample(filler, length, depths, tok, np.random.default_rng(11),
+                                   chunk_text=chunk_text, answer_offset=offset)
+  n = len(depths)
+  t = s.tokens
+  _check_answer_layout(s, length, 5, chunk_text, offset)
+  assert len(s.names) == n and len(set(s.names)) == n  # distinct X's (all ids distinct)
+  assert len(set(sum(s.names + s.values, ()))) == n * 7
+  assert s.key == s.values[s.query]
+  head = tok.encode(MULTIKEY_NEEDLE_HEAD)
+  needle_len = len(head) + 2 + 1 + 5 + 1
+  for i in range(n):
+    st = s.needle_starts[i]
+    np.testing.assert_array_equal(t[st:st + len(head)], head)
+    np.testing.assert_array_equal(t[st + len(head):st + len(head) + 2], s.names[i])
+    assert tok.decode(t[st + len(head) + 2:st + len(head) + 3]) == " is"
+    assert s.value_starts[i] == st + len(head) + 3
+    np.testing.assert_array_equal(t[s.value_starts[i]:s.value_starts[i] + 5], s.values[i])
+    assert tok.decode(t[st + needle_len - 1:st + needle_len]) == "|"
+    assert st + needle_len <= s.question_start
+  # needle i sits after round(depth_i * before) filler tokens
+  before = s.question_start - n * needle_len
+  for i in range(n):
+    ahead = sum(needle_len for j in range(n) if (s.needle_starts[j] < s.needle_starts[i]))
+    assert s.needle_starts[i] - ahead == round(depths[i] * before)
+  # question: "|What is the special magic number for" X "? The special magic number for" X " is"
+  qh = tok.encode(MULTIKEY_QUESTION_HEAD)
+  q = t[s.question_start:s.answer_start]
+  np.testing.assert_array_equal(q[:len(qh)], qh)
+  np.testing.assert_array_equal(q[len(qh):len(qh) + 2], s.names[s.query])
+  np.testing.assert_array_equal(q[-3:-1], s.names[s.query])
+  assert tok.decode(q[-1:]) == " is"
+  # the question's first mention of the name lies wholly before the answer chunk
+  assert s.question_start + len(qh) + 2 <= (s.answer_start // chunk_text) * chunk_text
+  # everything else is the filler, in order (wrapping)
+  keep = np.ones(length, bool)
+  for st in s.needle_starts:
+    keep[st:st + needle_len] = False
+  keep[s.question_start:s.answer_start + 5] = False
+  text = t[keep]
+  assert len(text) == length - n * needle_len - len(q) - 5
+  np.testing.assert_array_equal(text, 5000 + (text[0] - 5000 + np.arange(len(text))) % 4000)
+
+
+def test_multikey_seeds_and_query(tok, book):
+  mk = lambda seed, **kw: make_multikey_passkey_sample(  # noqa: E731
+      book, CT * 10, (0.2, 0.4, 0.6, 0.8), tok, np.random.default_rng(seed), **kw)
+  a, b, c = mk(3), mk(3), mk(4)
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  assert a.key == b.key and a.names == b.names and a.query == b.query
+  assert a.values != c.values and a.names != c.names
+  assert {mk(s).query for s in range(40)} == {0, 1, 2, 3}
+  for q in range(4):
+    s = mk(5, query=q)
+    assert s.query == q and s.key == s.values[q]
+  with pytest.raises(ValueError, match="query=4 must index"):
+    mk(0, query=4)
+  with pytest.raises(ValueError, match="depth=1.5"):
+    make_multikey_passkey_sample(book, CT * 10, (0.1, 1.5), tok, np.random.default_rng(0))
+  with pytest.raises(ValueError, match="leaves no room for 4 needles"):
+    make_multikey_passkey_sample(book, CT * 2, (0.1,) * 4, tok, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("length,depths,offset", [
+    (CT * 8, (0.2, 0.7), 4), (CT * 8, (0.9, 0.1), 4), (CT * 12 + 40, (0.0, 1.0), 3),
+    (CT * 6, (0.5, 0.5), 4)])
+def test_2hop_layout_and_chain(tok, length, depths, offset):
+  filler = np.arange(5000, 9000, dtype=np.int32)
+  s = make_2hop_passkey_sample(filler, length, depths, tok, np.random.default_rng(2),
+                               answer_offset=offset)
+  t = s.tokens
+  arrow = tok.encode(HOP_ARROW)
+  (x, y), (y2, z) = s.names, s.values
+  assert s.values[0] == s.names[1] == y == y2  # the chain X -> Y -> Z
+  assert len(set(x + y + z)) == 15  # X, Y, Z: 15 distinct ids
+  assert s.key == y + tuple(arrow) + z and len(s.key) == 5 + len(arrow) + 5
+  _check_answer_layout(s, length, len(s.key), CT, offset)
+  head = tok.encode(HOP_NEEDLE_HEAD)
+  nl = len(head) + 5 + len(arrow) + 5 + 1
+  for i, (src, dst) in enumerate([(x, y), (y, z)]):
+    st = s.needle_starts[i]
+    expect = head + list(src) + arrow + list(dst) + tok.encode("|")
+    np.testing.assert_array_equal(t[st:st + nl], expect)
+    assert tok.decode(t[st:st + nl]).startswith("|DEF ")
+    assert s.value_starts[i] == st + len(head) + 5 + len(arrow)
+    assert st + nl <= s.question_start
+  before = s.question_start - 2 * nl
+  first = int(np.argmin(s.needle_starts)) if s.needle_starts[0] != s.needle_starts[1] else 0
+  assert s.needle_starts[first] == round(depths[first] * before)
+  assert s.needle_starts[1 - first] - nl == round(depths[1 - first] * before)
+  qh = tok.encode(HOP_QUESTION_HEAD)
+  q = t[s.question_start:s.answer_start]
+  np.testing.assert_array_equal(q[:len(qh)], qh)
+  np.testing.assert_array_equal(q[len(qh):len(qh) + 5], x)
+  np.testing.assert_array_equal(q[-5 - len(arrow):], list(x) + arrow)
+  assert s.question_start + len(qh) + 5 <= (s.answer_start // CT) * CT
+
+
+def test_2hop_seeds(tok, book):
+  a = make_2hop_passkey_sample(book, CT * 8, (0.3, 0.6), tok, np.random.default_rng(1))
+  b = make_2hop_passkey_sample(book, CT * 8, (0.3, 0.6), tok, np.random.default_rng(1))
+  c = make_2hop_passkey_sample(book, CT * 8, (0.3, 0.6), tok, np.random.default_rng(2))
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  assert a.key == b.key and a.key != c.key
+  with pytest.raises(ValueError, match="2 depths given for 3 needles|3 depths given for 2"):
+    make_2hop_passkey_sample(book, CT * 8, (0.3, 0.6, 0.1), tok, np.random.default_rng(1))
+
+
+def test_variants_in_landmark_haystack(tok):
+  prefix, unit = landmark_haystack(tok)
+  s = make_multikey_passkey_sample(unit, CT * 8, (0.5, 0.0), tok, np.random.default_rng(0),
+                                   prefix_tokens=prefix, filler_start=0)
+  np.testing.assert_array_equal(s.tokens[:len(prefix)], prefix)
+  assert s.needle_starts[1] == len(prefix)
+  needle_len = len(tok.encode(MULTIKEY_NEEDLE_HEAD)) + 2 + 1 + 5 + 1
+  assert tok.decode(s.tokens[len(prefix) + needle_len:]).startswith(" " + LANDMARK_FILLER)
+  _check_answer_layout(s, CT * 8, 5)
+  h = make_2hop_passkey_sample(unit, CT * 8, (0.5, 0.9), tok, np.random.default_rng(0),
+                               prefix_tokens=prefix, filler_start=0)
+  assert tok.decode(h.tokens).startswith(LANDMARK_TASK + " " + LANDMARK_FILLER)

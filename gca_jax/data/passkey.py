@@ -1,4 +1,5 @@
-"""Passkey samples: official DRT format (training, eval) and Landmark format (eval); SPEC §4, §7.
+"""Passkey samples: official DRT format (training, eval), its multi-key and 2-hop variants (eval),
+and the Landmark format (eval); SPEC §4, §7.
 
 Coordinates. A sequence holds text positions 0..n-1; chunk c is positions
 [chunk_text*c, chunk_text*c + chunk_text) (the model appends each chunk's landmark itself,
@@ -248,3 +249,199 @@ def make_landmark_passkey_sample(length: int, depth: float, tokenizer: Tokenizer
                            np.resize(unit, length - a - k)])
   return PasskeySample(tokens=tokens, answer_index=a - 1, key=tuple(int(t) for t in key),
                        needle_start=len(task) + s, question_start=a - m)
+
+
+# ------------------------------------------------------------------- multi-key and 2-hop variants
+#
+# Both variants (SPEC §4, "Variants") are built from random-token keys, like the official passkey
+# P, and follow the same layout rule (module docstring): the answer starts `answer_offset` tokens
+# into the answer chunk c, and the question ends right before it and starts in an earlier chunk.
+# The question repeats the name it asks about near its start, so that the whole name has been
+# read before chunk c (the retrieval made at chunk c-1's landmark, which serves chunk c, has seen
+# it); `_check_name_read` enforces this.
+#
+# Multi-key (`make_multikey_passkey_sample`), needles and question, with X_i (`name_len` tokens)
+# and Y_i (`key_len` tokens) random ordinary ids, all ids of all X's and Y's distinct:
+#   needle i: "|One of the special magic numbers for" X_i " is" Y_i "|"
+#   question: "|What is the special magic number for" X_q "? The special magic number for" X_q " is"
+#   answer:   Y_q  (key_len tokens)
+#
+# 2-hop (`make_2hop_passkey_sample`), X, Y, Z each `key_len` random ordinary ids, all distinct:
+#   needle 0: "|DEF " X "->" Y "|"          needle 1: "|DEF " Y "->" Z "|"
+#   question: "|What is the path from" X "? The path is " X "->"
+#   answer:   Y "->" Z  (key_len + len(ids("->")) + key_len tokens; 5 + 2 + 5 = 12 with the
+#             shipped tokenizer, where "->" is the two pieces "-", ">")
+# The first answer token Y[0] needs the first hop (X -> Y); the whole answer, teacher-forced,
+# needs both hops (after Y "->", find "DEF Y->" and copy Z).
+#
+# "Haystack": real text from a token stream (`filler_tokens`, a contiguous span from a random
+# start, wrapping) by default; `prefix_tokens` (e.g. Landmark's task line) goes first and
+# `filler_start` fixes the span's start (0 for Landmark's repeated filler unit, so that it starts
+# on a sentence). Needle i goes after a fraction depths[i] of the filler that precedes the
+# question (filler offset round(depths[i] * before)); needles at the same offset keep their order.
+
+MULTIKEY_NEEDLE_HEAD = "|One of the special magic numbers for"
+MULTIKEY_NEEDLE_MID = " is"
+MULTIKEY_NEEDLE_TAIL = "|"
+MULTIKEY_QUESTION_HEAD = "|What is the special magic number for"
+MULTIKEY_QUESTION_MID = "? The special magic number for"
+MULTIKEY_QUESTION_TAIL = " is"
+
+HOP_NEEDLE_HEAD = "|DEF "
+HOP_ARROW = "->"
+HOP_NEEDLE_TAIL = "|"
+HOP_QUESTION_HEAD = "|What is the path from"
+HOP_QUESTION_MID = "? The path is "
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiNeedleSample:
+  """A multi-key or 2-hop eval sample (token indices into `tokens`, int32[length]).
+
+  answer_index: the position whose logits predict key[0] (tokens[answer_index + 1] == key[0]);
+    key[j] is predicted at answer_index + j (as in `PasskeySample`).
+  key: the answer tokens (multi-key: Y of the queried needle; 2-hop: Y "->" Z).
+  needle_starts[i]: where needle i begins ("|..."); value_starts[i]: where its answer-bearing
+    span begins (multi-key: Y_i; 2-hop: the token after "->", i.e. Y in needle 0, Z in needle 1).
+  question_start: where the question begins. names / values: X_i / Y_i (multi-key) or
+    (X, Y) / (Y, Z) (2-hop), as tuples of ids. query: the index of the needle asked about.
+  """
+
+  tokens: np.ndarray
+  answer_index: int
+  key: tuple[int, ...]
+  needle_starts: tuple[int, ...]
+  value_starts: tuple[int, ...]
+  question_start: int
+  names: tuple[tuple[int, ...], ...]
+  values: tuple[tuple[int, ...], ...]
+  query: int
+
+  @property
+  def answer_start(self) -> int:
+    return self.answer_index + 1
+
+
+def _distinct_ids(tokenizer: Tokenizer, rng: np.random.Generator, n: int) -> np.ndarray:
+  ids = tokenizer.ordinary_ids
+  if n > len(ids):
+    raise ValueError(f"{n} distinct key tokens needed, the tokenizer has {len(ids)} ordinary ids")
+  return rng.choice(ids, size=n, replace=False).astype(np.int32)
+
+
+def _check_depths(depths, n: int) -> list[float]:
+  depths = [float(x) for x in depths]
+  if len(depths) != n:
+    raise ValueError(f"{len(depths)} depths given for {n} needles")
+  for x in depths:
+    if not 0.0 <= x <= 1.0:
+      raise ValueError(f"depth={x!r} must lie in [0, 1]")
+  return depths
+
+
+def _check_name_read(tail_after_name: int, answer_offset: int) -> None:
+  if tail_after_name < answer_offset:
+    raise ValueError(f"the question's name would reach into the answer chunk "
+                     f"(answer_offset={answer_offset} > {tail_after_name} tokens after it); "
+                     "use a smaller answer_offset")
+
+
+def _assemble(filler_tokens, prefix_tokens, filler_start, needles: list[np.ndarray],
+              depths: list[float], question: np.ndarray, key: np.ndarray, length: int,
+              answer_offset: int, chunk_text: int, rng: np.random.Generator):
+  """tokens, answer position a, needle starts, question start (layout rule, module docstring)."""
+  filler = np.asarray(filler_tokens, np.int32)
+  if filler.size == 0:
+    raise ValueError("filler_tokens is empty")
+  prefix = np.zeros((0,), np.int32) if prefix_tokens is None else np.asarray(prefix_tokens,
+                                                                             np.int32)
+  m, k = len(question), len(key)
+  a = answer_start(length, k, answer_offset, chunk_text)
+  _check_question(m, answer_offset)
+  before = a - m - len(prefix) - sum(len(x) for x in needles)
+  if before < 0:
+    raise ValueError(f"length={length} leaves no room for {len(needles)} needles "
+                     f"({sum(len(x) for x in needles)} tokens) and the question ({m} tokens)")
+  after = length - a - k
+  start = int(rng.integers(len(filler))) if filler_start is None else int(filler_start)
+  text = _span(filler, start, before + after)
+  offs = [int(round(d * before)) for d in depths]
+  order = sorted(range(len(needles)), key=lambda i: (offs[i], i))
+  parts, starts, pos, prev = [prefix], [0] * len(needles), len(prefix), 0
+  for i in order:
+    parts.append(text[prev:offs[i]])
+    pos += offs[i] - prev
+    starts[i] = pos
+    parts.append(needles[i])
+    pos += len(needles[i])
+    prev = offs[i]
+  parts += [text[prev:before], question, key, text[before:]]
+  tokens = np.concatenate(parts).astype(np.int32)
+  assert len(tokens) == length and pos + before - prev == a - m
+  return tokens, a, starts
+
+
+def make_multikey_passkey_sample(filler_tokens: np.ndarray, length: int, depths, tokenizer: Tokenizer,
+                                 rng: np.random.Generator, *, query: int | None = None,
+                                 name_len: int = 2, key_len: int = 5, chunk_text: int = 63,
+                                 answer_offset: int = 4, prefix_tokens: np.ndarray | None = None,
+                                 filler_start: int | None = None) -> MultiNeedleSample:
+  """Multi-key sample: len(depths) needles `|One of the special magic numbers for X is Y|`
+  (distinct X's) at those depths, the question for needle `query` (default: random), answer Y.
+  Formats and layout: the comment block above."""
+  n = len(depths)
+  if n < 1:
+    raise ValueError("multi-key needs at least one needle (depths is empty)")
+  depths = _check_depths(depths, n)
+  q = int(rng.integers(n)) if query is None else int(query)
+  if not 0 <= q < n:
+    raise ValueError(f"query={query} must index one of the {n} needles")
+  ids = _distinct_ids(tokenizer, rng, n * (name_len + key_len))
+  names = ids[:n * name_len].reshape(n, name_len)
+  values = ids[n * name_len:].reshape(n, key_len)
+  head, mid, tail = (_ids(tokenizer, s) for s in (MULTIKEY_NEEDLE_HEAD, MULTIKEY_NEEDLE_MID,
+                                                   MULTIKEY_NEEDLE_TAIL))
+  needles = [np.concatenate([head, names[i], mid, values[i], tail]) for i in range(n)]
+  qh, qm, qt = (_ids(tokenizer, s) for s in (MULTIKEY_QUESTION_HEAD, MULTIKEY_QUESTION_MID,
+                                             MULTIKEY_QUESTION_TAIL))
+  question = np.concatenate([qh, names[q], qm, names[q], qt])
+  _check_name_read(len(qm) + name_len + len(qt), answer_offset)
+  tokens, a, starts = _assemble(filler_tokens, prefix_tokens, filler_start, needles, depths,
+                                question, values[q], length, answer_offset, chunk_text, rng)
+  vstart = len(head) + name_len + len(mid)
+  return MultiNeedleSample(
+      tokens=tokens, answer_index=a - 1, key=tuple(int(t) for t in values[q]),
+      needle_starts=tuple(starts), value_starts=tuple(s + vstart for s in starts),
+      question_start=a - len(question), names=tuple(tuple(int(t) for t in x) for x in names),
+      values=tuple(tuple(int(t) for t in y) for y in values), query=q)
+
+
+def make_2hop_passkey_sample(filler_tokens: np.ndarray, length: int, depths, tokenizer: Tokenizer,
+                             rng: np.random.Generator, *, key_len: int = 5, chunk_text: int = 63,
+                             answer_offset: int = 4, prefix_tokens: np.ndarray | None = None,
+                             filler_start: int | None = None) -> MultiNeedleSample:
+  """2-hop sample: `|DEF X->Y|` at depths[0], `|DEF Y->Z|` at depths[1] (either order in the
+  text), question `|What is the path from X? The path is X->`, answer `Y->Z` (the comment block
+  above). names = (X, Y), values = (Y, Z), query = 0."""
+  depths = _check_depths(depths, 2)
+  x, y, z = _distinct_ids(tokenizer, rng, 3 * key_len).reshape(3, key_len)
+  head, arrow, tail = (_ids(tokenizer, s) for s in (HOP_NEEDLE_HEAD, HOP_ARROW, HOP_NEEDLE_TAIL))
+  needles = [np.concatenate([head, x, arrow, y, tail]), np.concatenate([head, y, arrow, z, tail])]
+  qh, qm = _ids(tokenizer, HOP_QUESTION_HEAD), _ids(tokenizer, HOP_QUESTION_MID)
+  question = np.concatenate([qh, x, qm, x, arrow])
+  _check_name_read(len(qm) + key_len + len(arrow), answer_offset)
+  key = np.concatenate([y, arrow, z])
+  tokens, a, starts = _assemble(filler_tokens, prefix_tokens, filler_start, needles, depths,
+                                question, key, length, answer_offset, chunk_text, rng)
+  vstart = len(head) + key_len + len(arrow)
+  as_t = lambda v: tuple(int(t) for t in v)  # noqa: E731
+  return MultiNeedleSample(
+      tokens=tokens, answer_index=a - 1, key=as_t(key), needle_starts=tuple(starts),
+      value_starts=tuple(s + vstart for s in starts), question_start=a - len(question),
+      names=(as_t(x), as_t(y)), values=(as_t(y), as_t(z)), query=0)
+
+
+def landmark_haystack(tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
+  """(prefix, filler unit) of the Landmark format: its task line and one " " + filler group,
+  for multi-key / 2-hop samples in the Landmark haystack (pass filler_start=0)."""
+  return _ids(tokenizer, LANDMARK_TASK), _ids(tokenizer, " " + LANDMARK_FILLER)
