@@ -170,7 +170,44 @@ def test_errors():
   for bad in (0, -63, 2.5):
     with pytest.raises(ValueError, match="segment_len"):
       stream_nll(params, cfg, toks, segment_len=bad)
-  with pytest.raises(NotImplementedError, match="host"):
-    stream_nll(params, cfg, toks, segment_len=63, memory="host")
+  with pytest.raises(ValueError, match="memory"):
+    stream_nll(params, cfg, toks, segment_len=63, memory="disk")
   with pytest.raises(ValueError, match="model_kind"):
     stream_nll(params, small_cfg(model_kind="swa"), toks, segment_len=63)
+
+
+@pytest.mark.parametrize("segment_len", [17, 130])
+def test_host_memory_equals_device(segment_len):
+  """memory="host" (chunk memory in a numpy buffer, selected chunks fetched by io_callback) gives
+  the same NLL and log-probs as memory="device" and the full forward pass; the device state holds
+  no chunk memory and the host buffer grows past its initial capacity."""
+  cfg = small_cfg()
+  params, toks, ref, logp = setup(cfg, T_ODD)
+  dev = stream_nll(params, cfg, toks, segment_len=segment_len, memory="device")
+  host = stream_nll(params, cfg, toks, segment_len=segment_len, memory="host")
+  np.testing.assert_array_equal(np.asarray(host), np.asarray(dev))
+  np.testing.assert_allclose(np.asarray(host), ref, rtol=1e-5, atol=1e-5)
+  pos = np.array([5, 63, 300])
+  lp, _ = stream_logprobs_at(params, cfg, toks, pos, segment_len=segment_len, memory="host")
+  np.testing.assert_allclose(lp, logp[:, pos], rtol=1e-5, atol=1e-5)
+  s = DRTStream(params, cfg, 2, segment_len=segment_len, capacity=2, memory="host")
+  assert "enc" not in s.state and s.memory == "host"
+  tin, tgt = np.asarray(toks[:, :-1]), np.asarray(toks[:, 1:])
+  n = (T_ODD - 1) // segment_len
+  out = [s.feed(tin[:, i * segment_len:(i + 1) * segment_len],
+                tgt[:, i * segment_len:(i + 1) * segment_len]) for i in range(n)]
+  np.testing.assert_allclose(np.concatenate([np.asarray(o) for o in out], 1),
+                             ref[:, :n * segment_len], rtol=1e-5, atol=1e-5)
+  assert s.host.buf.shape[1] >= n * segment_len // 63 and s.memory_bytes()["host"] > 0
+  s.close()
+
+
+def test_memory_auto_and_sizes():
+  from gca_jax.inference.stream import memory_bytes, resolve_memory
+  cfg = small_cfg()
+  mb = memory_bytes(cfg, 2, 63 * 10)
+  assert mb["enc"] == 2 * 11 * 64 * 32 * 4 and mb["lmk"] == 2 * 11 * 32 * 4
+  assert resolve_memory("host", cfg, 2, 10) == "host"
+  assert resolve_memory("auto", cfg, 2, None) == "device"
+  with pytest.raises(ValueError, match="memory"):
+    resolve_memory("gpu", cfg, 2, 10)

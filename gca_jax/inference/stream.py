@@ -26,9 +26,18 @@ serves every segment of a stream):
                                         (lower_0.., then upper_0..); "swa_v" the values.
   "partial" [B, 64, d] dt               lower-layer outputs of the unfinished chunk (its first
                                         n_text % 63 rows are valid), for the chunk encoder.
-  "lmk"     [B, M, d] dt                landmark keys of the chunk memory (encoder output row 63).
-  "kmem", "vmem" [B, M, S, H, Dh] dt    GCA memory (mem_k / mem_v of the encoder output, sink
-                                        row zeroed), capacity M chunks, `count` of them valid.
+  "lmk"     [B, M, d] dt                landmark keys of the chunk memory (encoder output row 63),
+                                        always on device (1/64 of the chunk memory).
+  "enc"     [B, M, S, d] dt             the chunk memory: chunk-encoder outputs, capacity M
+                                        chunks, `count` of them valid (memory="device" only).
+                                        Kmem/Vmem are NOT stored: the selected chunks are
+                                        gathered and projected by mem_k / mem_v per segment,
+                                        which halves the memory (d = H*Dh per row instead of
+                                        2*H*Dh) for one [n_sel, S, d] x [d, 2*H*Dh] matmul per
+                                        retrieval group and segment.
+  "host_key" int32 []                   (memory="host" only, replaces "enc") the id of the
+                                        host-resident chunk memory (a numpy buffer, see
+                                        `HostMemory`).
   "ret_idx" int32 [G, B, K], "ret_w" f32 [G, B, K]
                                         per retrieval group, the retrieval made at the last
                                         landmark seen; it serves the chunk after it (the c -> c+1
@@ -50,11 +59,18 @@ Memory capacity: `init_state(..., capacity)` preallocates M chunks (rounded up t
 `stream_nll` sizes it for the whole stream; `DRTStream.feed` doubles it (power-of-two
 capacities, one recompilation per doubling) when it would overflow.
 
-memory placement: only "device" (="auto") is implemented; "host" raises NotImplementedError.
+Memory placement (`memory=`): "device" keeps "enc" in device memory (doubling, donated: a step
+updates it in place). "host" keeps it in a numpy buffer in host RAM: the step writes the new
+chunks there and fetches only the selected ones (at most (NC+1)*top_k chunks per retrieval group
+and segment) through ordered `io_callback`s, so device memory does not grow with the stream
+(except the landmark keys). "auto" picks "device" when the whole stream's memory fits in
+`auto_fraction` of the device's free memory, else "host" (a `DRTStream` without a known length
+uses "device").
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -62,6 +78,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import io_callback
 
 from gca_jax.config import DRTConfig
 from gca_jax.layers.blocks import ChunkEncoder
@@ -90,10 +107,11 @@ def _round_up(x: int, m: int) -> int:
 
 
 def init_state(config: DRTConfig, batch: int, capacity: int, *, mem_block: int = 4096,
-               start_position: int = 0) -> State:
+               start_position: int = 0, host_key: int | None = None) -> State:
   """Empty stream state with room for `capacity` chunks (rounded up to a multiple of the
   effective memory block, see `effective_mem_block`). `start_position` (a multiple of chunk_size)
-  only sets the bookkeeping counter "pos": results do not depend on it (relative RoPE)."""
+  only sets the bookkeeping counter "pos": results do not depend on it (relative RoPE).
+  `host_key`: id of a `HostMemory` holding the chunk memory on the host (no "enc" on device)."""
   cfg = config
   _check_config(cfg)
   if start_position % cfg.chunk_size:
@@ -105,7 +123,7 @@ def init_state(config: DRTConfig, batch: int, capacity: int, *, mem_block: int =
   Wc = cfg.window - 1
   nl = len(_swa_layer_names(cfg))
   G = len(cfg.upper_groups)
-  return {
+  state = {
       "pos": jnp.asarray(start_position, jnp.int32),
       "n_text": jnp.zeros((), jnp.int32),
       "count": jnp.zeros((), jnp.int32),
@@ -114,11 +132,14 @@ def init_state(config: DRTConfig, batch: int, capacity: int, *, mem_block: int =
       "swa_v": jnp.zeros((nl, batch, Wc, H, Dh), dt),
       "partial": jnp.zeros((batch, S, d), dt),
       "lmk": jnp.zeros((batch, M, d), dt),
-      "kmem": jnp.zeros((batch, M, S, H, Dh), dt),
-      "vmem": jnp.zeros((batch, M, S, H, Dh), dt),
       "ret_idx": jnp.zeros((G, batch, K), jnp.int32),
       "ret_w": jnp.zeros((G, batch, K), jnp.float32),
   }
+  if host_key is None:
+    state["enc"] = jnp.zeros((batch, M, S, d), dt)
+  else:
+    state["host_key"] = jnp.asarray(host_key, jnp.int32)
+  return state
 
 
 def effective_mem_block(capacity: int, mem_block: int) -> int:
@@ -135,10 +156,103 @@ def grow_state(state: State, capacity: int, *, mem_block: int = 4096) -> State:
   if newM == M:
     return state
   out = dict(state)
-  for name in ("lmk", "kmem", "vmem"):
+  for name in ("lmk", "enc"):
+    if name not in state:
+      continue
     x = state[name]
     out[name] = jnp.pad(x, [(0, 0), (0, newM - M)] + [(0, 0)] * (x.ndim - 2))
   return out
+
+
+# ----------------------------------------------------------------------------- host memory
+
+
+_HOST: dict[int, "HostMemory"] = {}
+_HOST_IDS = itertools.count(1)
+
+
+class HostMemory:
+  """Chunk memory (encoder outputs [B, M, S, d]) in host RAM, grown by doubling on write.
+
+  The jitted step reaches it through `io_callback`s keyed by `key` (registered in a module-level
+  table, so the compiled step does not depend on which stream it serves). `close()` frees it."""
+
+  def __init__(self, batch: int, chunk_size: int, d_model: int, dtype, capacity: int = 64):
+    self.shape = (batch, chunk_size, d_model)
+    self.dtype = np.dtype(dtype)
+    self.buf = np.zeros((batch, max(capacity, 1), chunk_size, d_model), self.dtype)
+    self.key = next(_HOST_IDS)
+    _HOST[self.key] = self
+
+  @property
+  def nbytes(self) -> int:
+    return self.buf.nbytes
+
+  def write(self, c0, enc_BxNxSxd) -> None:
+    c0 = int(c0)
+    n = enc_BxNxSxd.shape[1]
+    if c0 + n > self.buf.shape[1]:
+      cap = 1 << math.ceil(math.log2(c0 + n))
+      new = np.zeros((self.buf.shape[0], cap) + self.buf.shape[2:], self.dtype)
+      new[:, :self.buf.shape[1]] = self.buf
+      self.buf = new
+    self._raw(self.buf)[:, c0:c0 + n] = self._raw(np.asarray(enc_BxNxSxd, self.dtype))
+
+  def gather(self, idx_BxN):
+    """Rows idx [B, N] -> [B, N, S, d]. Copies through an unsigned-int view (numpy's fancy
+    indexing of ml_dtypes' bfloat16 is ~8x slower than of uint16)."""
+    idx = np.minimum(np.asarray(idx_BxN), self.buf.shape[1] - 1)
+    raw = self._raw(self.buf)
+    out = np.stack([np.take(raw[b], idx[b], axis=0) for b in range(idx.shape[0])])
+    return out.view(self.dtype)
+
+  @staticmethod
+  def _raw(x):
+    return x.view(np.dtype(f"u{x.dtype.itemsize}")) if x.dtype.kind not in "iub" else x
+
+  def close(self) -> None:
+    _HOST.pop(self.key, None)
+    self.buf = np.zeros((0,) + self.buf.shape[1:], self.dtype)
+
+
+def _host_write(key, c0, enc):
+  _HOST[int(key)].write(c0, enc)
+
+
+def _host_gather(key, idx):
+  return _HOST[int(key)].gather(idx)
+
+
+def device_free_bytes(device=None) -> int | None:
+  """Free memory of `device` (default: the first) in bytes, or None where unknown (CPU)."""
+  device = device or jax.devices()[0]
+  try:
+    st = device.memory_stats()
+  except Exception:  # noqa: BLE001  (backends without memory stats)
+    return None
+  if not st or "bytes_limit" not in st:
+    return None
+  return int(st["bytes_limit"]) - int(st.get("bytes_in_use", 0))
+
+
+def memory_bytes(config: DRTConfig, batch: int, n_text: int) -> dict[str, int]:
+  """Bytes of the chunk memory ("enc") and landmark keys for a stream of `n_text` text tokens."""
+  chunks = -(-n_text // config.text_per_chunk) + 1
+  b = jnp.dtype(dtype_of(config.dtype)).itemsize
+  return {"enc": batch * chunks * config.chunk_size * config.d_model * b,
+          "lmk": batch * chunks * config.d_model * b}
+
+
+def resolve_memory(memory: str, config: DRTConfig, batch: int, n_text: int | None,
+                   auto_fraction: float = 0.5) -> str:
+  """"device" or "host" for `memory` in auto|device|host (see the module docstring)."""
+  _check_memory(memory)
+  if memory != "auto":
+    return memory
+  free = device_free_bytes()
+  if n_text is None or free is None:
+    return "device"
+  return "device" if memory_bytes(config, batch, n_text)["enc"] <= auto_fraction * free else "host"
 
 
 # ----------------------------------------------------------------------------- functional pieces
@@ -336,12 +450,31 @@ def _segment_step(params, state: State, tokens_BxP, targets_BxP, select_Q, *, co
   enc = ChunkEncoder(cfg.encoder_layers, H, Dh, cfg.mlp_dim, cfg.rope_theta, cfg.norm_eps,
                      cfg.init_std, dtype=dt, param_dtype=pdt).apply(
                          {"params": params["encoder"]}, z[:, :NC * S].reshape(B, NC, S, d))
+  host = "host_key" in state
+  enc = enc.astype(dt)
+  lmk_buf = jax.lax.dynamic_update_slice_in_dim(state["lmk"], enc[:, :, S - 1], c0, 1)
+  if host:
+    io_callback(_host_write, None, state["host_key"], c0, enc, ordered=True)
+  else:
+    enc_buf = jax.lax.dynamic_update_slice_in_dim(state["enc"], enc, c0, 1)
   sink = (jnp.arange(S) < S - 1)[None, None, :, None, None]
-  k_new = jnp.where(sink, _dense(params["mem_k"], enc, dt).reshape(B, NC, S, H, Dh), 0).astype(dt)
-  v_new = jnp.where(sink, _dense(params["mem_v"], enc, dt).reshape(B, NC, S, H, Dh), 0).astype(dt)
-  lmk_buf = jax.lax.dynamic_update_slice_in_dim(state["lmk"], enc[:, :, S - 1].astype(dt), c0, 1)
-  kmem = jax.lax.dynamic_update_slice_in_dim(state["kmem"], k_new, c0, 1)
-  vmem = jax.lax.dynamic_update_slice_in_dim(state["vmem"], v_new, c0, 1)
+  K = cfg.top_k
+  n_sel = (NC + 1) * K
+  sel_idx = jnp.broadcast_to(jnp.arange(n_sel, dtype=jnp.int32).reshape(NC + 1, K),
+                             (B, NC + 1, K))
+
+  def fetch(sidx_BxNxK):
+    """The selected chunks' memory K/V [B, (NC+1)*K, S, H, Dh] (gathered, then projected)."""
+    flat = sidx_BxNxK.reshape(B, n_sel)
+    if host:
+      g = io_callback(_host_gather, jax.ShapeDtypeStruct((B, n_sel, S, d), dt),
+                      state["host_key"], flat, ordered=True)
+    else:
+      g = jax.vmap(lambda e, i: jnp.take(e, i, axis=0))(enc_buf, flat)
+    km = jnp.where(sink, _dense(params["mem_k"], g, dt).reshape(B, n_sel, S, H, Dh), 0)
+    vm = jnp.where(sink, _dense(params["mem_v"], g, dt).reshape(B, n_sel, S, H, Dh), 0)
+    return km.astype(dt), vm.astype(dt)
+
   chunk_ids = c0 + jnp.arange(NC, dtype=jnp.int32)
   lmk_rows = jnp.clip(S * jnp.arange(1, NC + 1, dtype=jnp.int32) - r - 1, 0, A - 1)
 
@@ -360,13 +493,14 @@ def _segment_step(params, state: State, tokens_BxP, targets_BxP, select_Q, *, co
     sw = jnp.concatenate([state["ret_w"][g][:, None], w], axis=1)
     ret_idx.append(jax.lax.dynamic_index_in_dim(sidx, nl, axis=1, keepdims=False))
     ret_w.append(jax.lax.dynamic_index_in_dim(sw, nl, axis=1, keepdims=False))
+    kmem, vmem = fetch(sidx)
     for _ in range(nlay):
       p = params[f"upper_{ui}"]
       h1 = h + swa(layer, p["attn"], _norm(p["norm1"], h, cfg, dt))
       gs = GroupedCrossAttention(H, Dh, cfg.gca_impl, True, cfg.norm_eps, cfg.init_std,
                                  dtype=dt, param_dtype=pdt).apply(
                                      {"params": p["gca"]}, to_slots(h1).reshape(B, NC + 1, S, d),
-                                     kmem, vmem, sidx, sw).reshape(B, NS, d)
+                                     kmem, vmem, sel_idx, sw).reshape(B, NS, d)
       gout = jnp.take(gs, r + i_win, axis=1)  # back to window rows
       if cfg.gca_residual == "official":
         h = h1 + _mlp(p["mlp"], _norm(p["norm2"], h1 + gout, cfg, dt), cfg, dt)
@@ -392,16 +526,19 @@ def _segment_step(params, state: State, tokens_BxP, targets_BxP, select_Q, *, co
       "swa_v": jnp.stack(new_v).astype(state["swa_v"].dtype),
       "partial": new_partial.astype(state["partial"].dtype),
       "lmk": lmk_buf,
-      "kmem": kmem,
-      "vmem": vmem,
       "ret_idx": jnp.stack(ret_idx).astype(jnp.int32),
       "ret_w": jnp.stack(ret_w).astype(jnp.float32),
   }
+  if host:
+    new_state["host_key"] = state["host_key"]
+  else:
+    new_state["enc"] = enc_buf
   return new_state, nll, sel
 
 
 segment_step = jax.jit(_segment_step,
-                       static_argnames=("config", "mem_block", "n_select", "swa_block"))
+                       static_argnames=("config", "mem_block", "n_select", "swa_block"),
+                       donate_argnames=("state",))
 
 
 # ----------------------------------------------------------------------------- drivers
@@ -417,11 +554,8 @@ def _check_segment(cfg: DRTConfig, segment_len: int) -> int:
 
 
 def _check_memory(memory: str) -> None:
-  if memory in ("auto", "device"):
-    return
-  if memory == "host":
-    raise NotImplementedError("memory='host' is not implemented yet; use memory='device'")
-  raise ValueError(f"memory={memory!r}: expected 'auto', 'device' or 'host'")
+  if memory not in ("auto", "device", "host"):
+    raise ValueError(f"memory={memory!r}: expected 'auto', 'device' or 'host'")
 
 
 class DRTStream:
@@ -431,23 +565,40 @@ class DRTStream:
   the same compiled step.
 
   The memory starts at `capacity` chunks and doubles (power-of-two capacities; one recompilation
-  per doubling) when a segment would overflow it.
+  per doubling) when a segment would overflow it. `memory`: "device", "host" (chunk memory in
+  host RAM, only selected chunks fetched; see the module docstring) or "auto" (decided from
+  `expected_tokens` when given, else "device"). `close()` frees a host memory.
   """
 
   def __init__(self, params, config: DRTConfig, batch: int, *, segment_len: int,
                capacity: int = 64, mem_block: int = 4096, memory: str = "auto",
-               start_position: int = 0, swa_block: int = 256):
+               start_position: int = 0, swa_block: int = 256, expected_tokens: int | None = None):
     _check_config(config)
-    _check_memory(memory)
+    self.memory = resolve_memory(memory, config, batch, expected_tokens)
     self.params = flax.core.meta.unbox(params)
     self.config = config
     self.n = _check_segment(config, segment_len)  # max chunks completed per segment
     self.segment_len = int(segment_len)
     self.mem_block = mem_block
     self.swa_block = swa_block
+    self.host = None
+    if self.memory == "host":
+      self.host = HostMemory(batch, config.chunk_size, config.d_model,
+                             jnp.dtype(dtype_of(config.dtype)), capacity)
     self.state = init_state(config, batch, capacity, mem_block=mem_block,
-                            start_position=start_position)
+                            start_position=start_position,
+                            host_key=None if self.host is None else self.host.key)
     self.n_text = 0  # host mirror of state["n_text"]
+
+  def close(self) -> None:
+    """Frees the host memory (if any); the stream cannot be fed afterwards."""
+    if self.host is not None:
+      self.host.close()
+
+  def memory_bytes(self) -> dict[str, int]:
+    """Bytes held by the stream state: on device, and on the host (chunk memory if "host")."""
+    dev = sum(int(x.nbytes) for x in jax.tree.leaves(self.state))
+    return {"device": dev, "host": 0 if self.host is None else self.host.nbytes}
 
   def feed(self, tokens_BxL, targets_BxL=None, select=None):
     """Processes one segment. `select`: local text indices whose log-probs to return.
@@ -484,7 +635,8 @@ def _run_stream(params, config, tokens, segment_len, memory, mem_block, position
   tgt = np.pad(tokens[:, 1:], ((0, 0), (0, pad)))
   stream = DRTStream(params, config, B, segment_len=segment_len,
                      capacity=(nseg * segment_len) // config.text_per_chunk + n,
-                     mem_block=mem_block, memory=memory, swa_block=swa_block)
+                     mem_block=mem_block, memory=memory, swa_block=swa_block,
+                     expected_tokens=nseg * segment_len)
   nlls, picked = [], []
   if positions is not None:
     positions = np.asarray(positions, np.int64)
@@ -502,7 +654,8 @@ def _run_stream(params, config, tokens, segment_len, memory, mem_block, position
     nll, lp = stream.feed(inp[:, sl], tgt[:, sl], select=np.where(inside, local, 0).astype(np.int32))
     nlls.append(nll)
     picked.append((inside, lp))
-  nll = jnp.concatenate(nlls, axis=1)[:, :Tin]
+  nll = jnp.concatenate(nlls, axis=1)[:, :Tin].block_until_ready()
+  stream.close()
   if positions is None:
     return nll, None
   out = None
@@ -521,7 +674,8 @@ def stream_nll(params, config: DRTConfig, tokens, *, segment_len: int, memory: s
   Equals the full forward pass `DRT(config).apply({"params": params}, tokens[:, :-1])` (train=False)
   NLL wherever that fits, for any `segment_len` >= 1 (segments need not be aligned to the
   63-token chunks), any window size W and any T >= 2. The step is compiled once per stream.
-  Memory is preallocated for the whole stream.
+  Memory is preallocated for the whole stream; `memory` = "device" | "host" | "auto" places the
+  chunk memory (see the module docstring); results are identical.
   """
   _check_config(config)
   _check_memory(memory)
