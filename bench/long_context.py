@@ -43,9 +43,11 @@ def worker(length: int, memory: str, segment_len: int, mem_block: int, config: s
 
   cfg = rc.model_config(importlib.import_module(f"configs.{config}").get_config())
   toks = jnp.zeros((1, 2 * cfg.text_per_chunk), jnp.int32)
-  params = flax.core.meta.unbox(
-      jax.jit(lambda k: DRT(cfg).init({"params": k}, toks)["params"])(jax.random.key(0)))
-  params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)  # inference copy
+  with jax.default_device(jax.devices("cpu")[0]):  # init on the host: no GPU compile for init
+    params = flax.core.meta.unbox(
+        jax.jit(lambda k: DRT(cfg).init({"params": k}, toks)["params"])(jax.random.key(0)))
+  params = jax.device_put(jax.tree.map(lambda p: p.astype(jnp.bfloat16), params),
+                          jax.devices()[0])  # bf16 inference copy
   nseg = -(-length // segment_len)
   rng = np.random.default_rng(0)
   data = rng.integers(0, cfg.vocab_size, (1, nseg * segment_len + 1), dtype=np.int32)
