@@ -122,3 +122,30 @@ def test_sigterm_saves_and_exits_zero(tmp_path, cache):
   assert any(r.get("event") == "preempted" and r["step"] == step for r in recs)
   cfg = json.load(open(os.path.join(run_dir, "config.json")))
   assert cfg["model"]["upper_groups"] == [1, 1]  # tuple override from the command line
+
+
+def test_eval_long_context_tasks(trained, tmp_path):
+  """--task long: perplexity at 2x/3x the training length and a passkey grid, streamed; JSON and
+  PNGs in --out_dir; an impossible length is refused before running (exit 2)."""
+  run_dir, _ = trained
+  out_dir = str(tmp_path / "long")
+  p = _run(["eval.py", "--run_dir", run_dir, "--task", "long", "--lengths", "150,3x",
+            "--kinds", "single,2hop", "--depths", "0,1", "--trials", "2", "--ppl_windows", "2",
+            "--segment_len", "45", "--out_dir", out_dir, "--progress=false"])
+  assert p.returncode == 0, p.stderr[-3000:]
+  r = json.loads(p.stdout)
+  assert set(r["ppl_length"]["lengths"]) == {"150", "180"}
+  assert all(v["windows"] == 2 and v["ppl"] > 1 for v in r["ppl_length"]["lengths"].values())
+  cells = r["passkey_grid"]["cells"]
+  assert len(cells) == 2 * 2 * 2 * 2
+  assert all(0 <= c["whole_key_accuracy"] <= c["first_token_accuracy"] <= 1 for c in cells)
+  files = set(os.listdir(out_dir))
+  assert {"ppl_length.json", "passkey_grid.json", "ppl_vs_length.png",
+          "passkey_single_official.png", "passkey_2hop_landmark.png",
+          "passkey_whole_single_landmark.png"} <= files
+  assert json.load(open(os.path.join(out_dir, "passkey_grid.json")))["cells"] == cells
+  p = _run(["eval.py", "--run_dir", run_dir, "--task", "passkey_grid", "--lengths", "100000000000",
+            "--kinds", "single", "--formats", "official", "--progress=false"])
+  assert p.returncode == 2 and "length 100000000000 does not fit" in p.stderr, p.stderr[-2000:]
+  p = _run(["eval.py", "--run_dir", run_dir, "--task", "passkey_grid", "--kinds", "3hop"])
+  assert p.returncode == 2 and "--kinds=3hop: expected some of" in p.stderr

@@ -381,10 +381,11 @@ def _assemble(filler_tokens, prefix_tokens, filler_start, needles: list[np.ndarr
   return tokens, a, starts
 
 
-def make_multikey_passkey_sample(filler_tokens: np.ndarray, length: int, depths, tokenizer: Tokenizer,
-                                 rng: np.random.Generator, *, query: int | None = None,
-                                 name_len: int = 2, key_len: int = 5, chunk_text: int = 63,
-                                 answer_offset: int = 4, prefix_tokens: np.ndarray | None = None,
+def make_multikey_passkey_sample(filler_tokens: np.ndarray, length: int, depths,
+                                 tokenizer: Tokenizer, rng: np.random.Generator, *,
+                                 query: int | None = None, name_len: int = 2, key_len: int = 5,
+                                 chunk_text: int = 63, answer_offset: int = 4,
+                                 prefix_tokens: np.ndarray | None = None,
                                  filler_start: int | None = None) -> MultiNeedleSample:
   """Multi-key sample: len(depths) needles `|One of the special magic numbers for X is Y|`
   (distinct X's) at those depths, the question for needle `query` (default: random), answer Y.
