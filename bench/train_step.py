@@ -43,7 +43,46 @@ def model_flops_per_token(cfg, T: int) -> float:
   return L * (layer + 4 * d * min(keys, T)) + head
 
 
-def worker(name: str, batch: int, steps: int, seq_len: int) -> dict:
+_CATEGORIES = (  # (category, substrings of GPU kernel names), first match wins
+    ("gca_kernel", ("gca_fwd", "gca_bwd")),
+    ("attention_cudnn", ("cudnn", "fmha", "sdpa", "flash")),
+    ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "dot")),
+    ("copy_memset", ("memcpy", "memset", "copy")),
+    ("reduce", ("reduce",)),
+)
+
+
+def kernel_breakdown(trace_dir: str, steps: int) -> dict:
+  """GPU kernel time per step by category, from the perfetto trace `jax.profiler.trace` wrote
+  under `trace_dir`. Returns {category: ms per step, ..., "top": [[name, ms per step], ...]}."""
+  import glob
+  import gzip
+  files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True))
+  if not files:
+    return {"error": f"no *.trace.json.gz under {trace_dir}"}
+  with gzip.open(files[-1], "rt") as f:
+    ev = json.load(f)
+  ev = ev["traceEvents"] if isinstance(ev, dict) else ev
+  pname = {e["pid"]: e.get("args", {}).get("name", "") for e in ev
+           if e.get("ph") == "M" and e.get("name") == "process_name"}
+  gpu = {p for p, n in pname.items() if "gpu" in n.lower() or "/device:" in n.lower()}
+  by_cat, by_name = {}, {}
+  for e in ev:
+    if e.get("ph") != "X" or e.get("pid") not in gpu:
+      continue
+    name, dur = e.get("name", ""), float(e.get("dur", 0.0)) / 1e3 / steps
+    low = name.lower()
+    cat = next((c for c, keys in _CATEGORIES if any(k in low for k in keys)), "other_fusions")
+    by_cat[cat] = by_cat.get(cat, 0.0) + dur
+    by_name[name] = by_name.get(name, 0.0) + dur
+  out = {k: round(v, 3) for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])}
+  out["total_kernel_ms"] = round(sum(by_cat.values()), 3)
+  out["top"] = [[n, round(v, 3)] for n, v in sorted(by_name.items(), key=lambda kv: -kv[1])[:15]]
+  out["gpu_processes"] = sorted(pname[p] for p in gpu)
+  return out
+
+
+def worker(name: str, batch: int, steps: int, seq_len: int, profile: str | None = None) -> dict:
   import jax
   import numpy as np
   from gca_jax import DRT
@@ -87,6 +126,14 @@ def worker(name: str, batch: int, steps: int, seq_len: int) -> dict:
     times.append(time.perf_counter() - t0)
   times.sort()
   med = times[len(times) // 2]
+  prof = None
+  if profile:
+    tdir = os.path.join(profile, name)
+    with jax.profiler.trace(tdir, create_perfetto_trace=True):
+      for _ in range(3):
+        state, met = step(state, b)
+      jax.block_until_ready(met["loss"])
+    prof = kernel_breakdown(tdir, 3)
   dev = jax.devices()[0]
   kind = next((k for k in PEAK_BF16 if k in dev.device_kind), None)
   tok = batch * seq_len
@@ -97,7 +144,7 @@ def worker(name: str, batch: int, steps: int, seq_len: int) -> dict:
               batch=batch, seq_len=seq_len, step_ms_median=med * 1e3, step_ms_min=times[0] * 1e3,
               tokens_per_s=tok / med, model_TFLOPs=flops / med / 1e12,
               mfu=(flops / med / PEAK_BF16[kind]) if kind else None, peak_flops=PEAK_BF16.get(kind),
-              first_step_s=compile_s, loss=float(met["loss"]), device=dev.device_kind,
+              first_step_s=compile_s, profile=prof, loss=float(met["loss"]), device=dev.device_kind,
               jax=jax.__version__, peak_GiB=stats.get("peak_bytes_in_use", 0) / 2**30,
               remat=cfg.remat)
 
@@ -110,14 +157,19 @@ def main():
   ap.add_argument("--steps", type=int, default=5)
   ap.add_argument("--seq_len", type=int, default=16128)
   ap.add_argument("--worker", default=None)
+  ap.add_argument("--profile", default=None,
+                  help="directory: also trace 3 steps and report GPU kernel time by category")
   args = ap.parse_args()
   if args.worker:
-    print("RESULT " + json.dumps(worker(args.worker, args.batch, args.steps, args.seq_len)))
+    print("RESULT " + json.dumps(worker(args.worker, args.batch, args.steps, args.seq_len,
+                                        args.profile)))
     return
   results = {}
   for name in args.models.split(","):
     cmd = [sys.executable, __file__, "--worker", name, "--batch", str(args.batch), "--steps",
            str(args.steps), "--seq_len", str(args.seq_len)]
+    if args.profile:
+      cmd += ["--profile", args.profile]
     p = subprocess.run(cmd, capture_output=True, text=True)
     line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
     results[name] = json.loads(line[-1][7:]) if line else {"error": p.stderr[-2000:]}
