@@ -50,7 +50,8 @@ Flags:
   --mesh D,F,T        mesh data,fsdp,tensor (default 1,-1,1)
   --out PATH          write the JSON result here (also printed)
   --compilation_cache DIR   JAX persistent compilation cache ('' = off)
-Exit codes: 0 ok; 2 bad arguments / config mismatch / missing checkpoint.
+Exit codes: 0 ok; 2 bad arguments / config mismatch / missing checkpoint / a length that does
+not fit in memory or is too short for a task.
 """
 
 from __future__ import annotations
