@@ -125,16 +125,16 @@ def test_fit_check_absurd_length(params, tok, text):
                  batch_size=2, progress=False)
   with pytest.raises(LengthFitError, match="ppl_vs_length: length 1000000000000 does not fit"):
     tasks.check_fit(CFG, 1, 10**12, segment_len=60, what="ppl_vs_length")
-  est = tasks.estimate_memory(CFG, 1, 10**12, segment_len=60)
+  est = tasks.estimate_memory(CFG, 1, 10**12, segment_len=60, memory="device")
   host = tasks.estimate_memory(CFG, 1, 10**12, segment_len=60, memory="host")
   assert host["host"] == est["parts"]["chunk_memory"] + 16 * 10**12
   assert host["device"] == est["device"] - est["parts"]["chunk_memory"]
-  # chunk memory ~ ceil(T/15) chunks x 16 rows x 2 x heads x head_dim x 4 bytes
-  assert est["parts"]["chunk_memory"] == (-(-10**12 // 15) + 4) * 16 * 2 * 32 * 4
+  # chunk memory (encoder outputs) ~ ceil(T/15) chunks x 16 rows x d_model x 4 bytes
+  assert est["parts"]["chunk_memory"] == (-(-10**12 // 15) + 4) * 16 * CFG.d_model * 4
   # fits when the available memory is known to be large
   tasks.check_fit(CFG, 1, 10**6, segment_len=60, available={"device": 2**40, "host": 2**40})
   with pytest.raises(LengthFitError, match='device memory of gpu:0 .* use memory="host"'):
-    tasks.check_fit(CFG, 1, 10**6, segment_len=60,
+    tasks.check_fit(CFG, 1, 10**6, segment_len=60, memory="device",
                     available={"device": 2**20, "host": 2**40, "device_name": "gpu:0"})
 
 

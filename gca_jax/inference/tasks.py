@@ -116,9 +116,9 @@ def estimate_memory(config: DRTConfig, batch: int, length: int, *, segment_len: 
   """Rough bytes one scoring call of `batch` sequences of `length` tokens needs.
 
   Returns {"device": bytes, "host": bytes, "parts": {name: bytes}}. Streaming ("stream",
-  "baseline_stream"): the chunk memory ceil(T/63) (+ one segment) chunks x 64 rows x 2 (K, V)
-  x num_heads x head_dim x dtype bytes per sequence (an upper bound: the engine may keep the
-  encoder output, half of that), the landmark keys (chunks x d_model), the sliding-window caches,
+  "baseline_stream"): the chunk memory ceil(T/63) (+ one segment) chunks x 64 rows x d_model x
+  dtype bytes per sequence (the DRT engine keeps encoder outputs; memory="auto" counts it where
+  the engine would put it), the landmark keys (chunks x d_model), the sliding-window caches,
   and one segment's activations and [segment, V] log-probs. With memory="host" the chunk memory
   is counted on the host, as are the token arrays (16 bytes per token: int32 ids and index
   temporaries). For the Landmark baseline the K/V of every position of every layer
@@ -152,7 +152,10 @@ def estimate_memory(config: DRTConfig, batch: int, length: int, *, segment_len: 
     P = int(segment_len or _default_segment(cfg))
     chunks = -(-T // tpc) + -(-P // tpc)
     if engine == "stream":
-      kv = B * chunks * S * 2 * H * Dh * b
+      kv = B * chunks * S * d * b  # the engine stores encoder outputs (Kmem/Vmem projected per use)
+      if memory == "auto":
+        from gca_jax.inference.stream import resolve_memory
+        memory = resolve_memory("auto", cfg, B, chunks * tpc)
     elif cfg.model_kind == "landmark":
       kv = B * (chunks * S) * 2 * H * Dh * b * n_layers
     else:
