@@ -2,7 +2,7 @@
 
 Dense O(T^2) plain-jnp implementation with float32 softmax statistics, following the official code
 (`epfml/landmark-attention`, `landmark_grouped_softmax` and the mask construction in its LLaMA
-model). Top-k block retrieval at inference (streaming) is not implemented.
+model). Top-k block retrieval at inference: `gca_jax.inference.baseline_stream` (LandmarkStream).
 
 Layout. The sequence (landmarks already inserted) is cut into blocks of `S = block_size` positions:
 position n belongs to block `b(n) = n // S`, and is the block's landmark iff `n % S == S - 1`
