@@ -12,6 +12,17 @@ from gca_jax.layers.gca import GroupedCrossAttention
 _ACT = ("batch", "act_length", "act_embed")
 
 
+def _attention_residual(block: nn.Module, h, mode: str, window, impl: str, positions=None):
+  """h + Attn(norm1(h)): the pre-norm self-attention sublayer shared by DecoderBlock and
+  UpperBlock. Called inside `block`'s compact __call__, so its params are block/norm1 and
+  block/attn."""
+  kw = dict(dtype=block.dtype, param_dtype=block.param_dtype)
+  a = SelfAttention(block.num_heads, block.head_dim, mode, window, impl, block.rope_theta,
+                    block.std, name="attn", **kw)(RMSNorm(block.eps, name="norm1", **kw)(h),
+                                                  positions)
+  return h + a
+
+
 class DecoderBlock(nn.Module):
   """h = h + Attn(norm(h)); h = h + MLP(norm(h)). x [B,T,d] -> [B,T,d].
 
@@ -32,10 +43,7 @@ class DecoderBlock(nn.Module):
   @nn.compact
   def __call__(self, h, positions=None):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    a = SelfAttention(self.num_heads, self.head_dim, self.attn_mode, self.window, self.impl,
-                      self.rope_theta, self.std, name="attn", **kw)(
-                          RMSNorm(self.eps, name="norm1", **kw)(h), positions)
-    h = h + a
+    h = _attention_residual(self, h, self.attn_mode, self.window, self.impl, positions)
     h = h + MLP(self.mlp_dim, self.std, name="mlp", **kw)(RMSNorm(self.eps, name="norm2", **kw)(h))
     if h.ndim == 3:
       h = nn.with_logical_constraint(h, _ACT)
@@ -93,10 +101,7 @@ class UpperBlock(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     B, T, d = h.shape
     C, S = T // self.chunk_size, self.chunk_size
-    a = SelfAttention(self.num_heads, self.head_dim, "window", self.window, self.swa_impl,
-                      self.rope_theta, self.std, name="attn", **kw)(
-                          RMSNorm(self.eps, name="norm1", **kw)(h))
-    h1 = h + a
+    h1 = _attention_residual(self, h, "window", self.window, self.swa_impl)
     g = GroupedCrossAttention(self.num_heads, self.head_dim, self.gca_impl, True, self.eps, self.std,
                               name="gca", **kw)(h1.reshape(B, C, S, d), k_mem, v_mem, indices,
                                                 weights).reshape(B, T, d)
