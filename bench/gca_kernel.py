@@ -26,10 +26,11 @@ import argparse
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import time
+
+from _timing import timeit
 
 CASES = {
     "paper_16k_b4": dict(B=4, C=260, M=260, S=64, H=12, Hkv=12, D=64, K=8),
@@ -38,18 +39,6 @@ CASES = {
 }
 EXTRA_CASES = {"tiny": dict(B=1, C=8, M=8, S=64, H=2, Hkv=2, D=64, K=3)}  # CPU dry runs
 SWEEP = [(4, 1), (4, 2), (4, 3), (8, 2), (8, 3)]
-
-
-def _timeit(fn, args, iters, warmup=3):
-  import jax
-  for _ in range(warmup):
-    jax.block_until_ready(fn(*args))
-  ts = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    ts.append(time.perf_counter() - t0)
-  return dict(median_ms=1e3 * statistics.median(ts), min_ms=1e3 * min(ts))
 
 
 def _peak():
@@ -77,7 +66,7 @@ def worker_copy(iters):
   n = 2**29  # 2 GiB of f32
   x = jnp.zeros((n,), jnp.float32)
   f = jax.jit(lambda x: x + 1.0)
-  t = _timeit(f, (x,), iters)
+  t = timeit(f, (x,), iters)
   return dict(bytes=2 * 4 * n, copy_GBps=2 * 4 * n / (t["median_ms"] * 1e-3) / 1e9, **t)
 
 
@@ -112,9 +101,9 @@ def worker_case(case, impl, iters, sweep):
   out["memory_analysis"] = dict(fwd=_mem_analysis(fwd, (q, k, v, idx, w)),
                                 fwd_bwd=_mem_analysis(fb, (q, k, v, idx, w, do)))
   base = _peak()
-  out["fwd"] = _timeit(fwd, (q, k, v, idx, w), iters)
+  out["fwd"] = timeit(fwd, (q, k, v, idx, w), iters)
   out["peak_bytes_after_fwd"] = _peak()
-  out["fwd_bwd"] = _timeit(fb, (q, k, v, idx, w, do), iters)
+  out["fwd_bwd"] = timeit(fb, (q, k, v, idx, w, do), iters)
   out["peak_bytes_after_fwd_bwd"] = _peak()
   out["peak_bytes_inputs"] = base
   if impl == "pallas_triton":
@@ -129,8 +118,8 @@ def worker_case(case, impl, iters, sweep):
         "dkv": (lambda c: jax.jit(lambda *a: gca_triton._bwd_dkv(*a, c)),
                 (q, k, v, idx_c, w32, lse, do)),
     }
-    out["passes"] = {n: _timeit(mk(cfg()), a, iters) for n, (mk, a) in passes.items()}
-    out["inverted_index"] = _timeit(jax.jit(lambda i, w: common.inverted_index(i, w, M)),
+    out["passes"] = {n: timeit(mk(cfg()), a, iters) for n, (mk, a) in passes.items()}
+    out["inverted_index"] = timeit(jax.jit(lambda i, w: common.inverted_index(i, w, M)),
                                     (idx_c, w32), iters)
     if sweep:
       out["sweep"] = {}
@@ -138,7 +127,7 @@ def worker_case(case, impl, iters, sweep):
         res = {}
         for nw, ns in SWEEP:
           try:
-            res[f"w{nw}_s{ns}"] = _timeit(mk(cfg(nw, ns)), a, max(5, iters // 2))["median_ms"]
+            res[f"w{nw}_s{ns}"] = timeit(mk(cfg(nw, ns)), a, max(5, iters // 2))["median_ms"]
           except Exception as e:
             res[f"w{nw}_s{ns}"] = f"{type(e).__name__}: {e}"[:200]
         out["sweep"][n] = res

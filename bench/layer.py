@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -21,22 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from _timing import timeit
 from gca_jax.layers import DecoderBlock, UpperBlock
 
 D, H, MLP, W, K, S = 768, 12, 2048, 512, 8, 64
-
-
-def _time(fn, *args, iters):
-  out = fn(*args)
-  jax.block_until_ready(out)
-  jax.block_until_ready(fn(*args))
-  ts = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    ts.append(time.perf_counter() - t0)
-  ts.sort()
-  return ts[len(ts) // 2] * 1e3
 
 
 def run_case(kind: str, T: int, iters: int) -> dict:
@@ -73,8 +60,8 @@ def run_case(kind: str, T: int, iters: int) -> dict:
   fwd = jax.jit(f)
   loss = lambda *a: jnp.sum(f(*a).astype(jnp.float32) ** 2)
   fb = jax.jit(jax.grad(loss, argnums=grad_args))
-  return dict(kind=kind, tokens=T, positions=N, fwd_ms=_time(fwd, *args, iters=iters),
-              fwd_bwd_ms=_time(fb, *args, iters=iters), device=jax.devices()[0].device_kind,
+  return dict(kind=kind, tokens=T, positions=N, fwd_ms=timeit(fwd, args, iters, warmup=2)["median_ms"],
+              fwd_bwd_ms=timeit(fb, args, iters, warmup=2)["median_ms"], device=jax.devices()[0].device_kind,
               jax=jax.__version__)
 
 
