@@ -60,7 +60,8 @@ def run_case(kind: str, T: int, iters: int) -> dict:
   fwd = jax.jit(f)
   loss = lambda *a: jnp.sum(f(*a).astype(jnp.float32) ** 2)
   fb = jax.jit(jax.grad(loss, argnums=grad_args))
-  return dict(kind=kind, tokens=T, positions=N, fwd_ms=timeit(fwd, args, iters, warmup=2)["median_ms"],
+  return dict(kind=kind, tokens=T, positions=N,
+              fwd_ms=timeit(fwd, args, iters, warmup=2)["median_ms"],
               fwd_bwd_ms=timeit(fb, args, iters, warmup=2)["median_ms"], device=jax.devices()[0].device_kind,
               jax=jax.__version__)
 
