@@ -1,0 +1,317 @@
+"""Synthetic recall / passkey samples for learning GCA retrieval (issue 5, SPEC §4, §7).
+
+One generator, `make_recall_sample`, covers the whole family used by
+`scripts/recipe/train_recall.py`:
+
+- **official passkey** (`named=False, n_queries=1, repeat=1`): the SPEC §4 format.  Needle
+  `|The passkey is:` P `|` somewhere in filler, question `|What is the passkey? The passkey is`
+  and the answer P at the end.  This is also the evaluation format.
+- **named multi-query** (`named=True, n_queries=q`): q needles `|The passkey of` X_i ` is:` P_i
+  `|` (X_i a one-token name, P_i a random key) and q questions `|What is the passkey of` X_i `?
+  The passkey of` X_i ` is` P_i, one answer per chunk in the last q chunks: dense associative
+  recall (MQAR-like), where each answer chunk must retrieve its own needle's chunk.
+- **needle density** (`repeat=r`): each needle line is written r times in a row.  With r large
+  the needle fills most of a chunk, so even the uniform attention inside a retrieved chunk that
+  GCA starts with (SPEC §7) already carries the key tokens; a curriculum lowers r to 1.
+- **filler**: real text (a contiguous span of a token stream, e.g. Moby Dick) or the Landmark
+  Attention filler sentences repeated (`TextFiller` / `RepeatFiller`).
+
+Coordinates follow `gca_jax.data.passkey`: a sample is a window of `length + 1` ids;
+inputs = window[:-1], targets = window[1:]; window index i is input position i and target index
+i - 1.  Chunk c is text positions [63c, 63c + 63).
+
+Layout rule (SPEC §7).  The last answer sits in the last chunk in which it fits,
+c_q = (length + 1 - answer_offset - key_len) // 63, its first token at a = 63 c_q + answer_offset,
+so it is predicted from position a - 1 inside chunk c_q.  Query i of q uses chunk
+c_i = c_q - (q - 1 - i).  Its question (m tokens) ends right before a_i and starts in chunk
+c_i - 1 (m > answer_offset is checked), so the retrieval made at chunk c_i - 1's landmark — which
+serves chunk c_i — has read the question (and, for named needles, the name).  Every needle ends
+before chunk c_1 - 1 starts, i.e. lies in a chunk strictly before the first question's chunk.
+
+Loss weights: 1 on every target up to and including the last answer token (LM loss on the
+filler, needles and questions), `answer_weight` on the answer targets, 0 after the last answer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+
+from gca_jax.data.tokenizer import Tokenizer
+
+NEEDLE_HEAD = "|The passkey is:"
+NEEDLE_TAIL = "|"
+QUESTION_HEAD = "|What is the passkey?"
+QUESTION_TAIL = " The passkey is"
+NAMED_NEEDLE_HEAD = "|The passkey of"
+NAMED_NEEDLE_MID = " is:"
+NAMED_QUESTION_HEAD = "|What is the passkey of"
+NAMED_QUESTION_MID = "?"
+NAMED_QUESTION_TAIL = " The passkey of"
+NAMED_QUESTION_END = " is"
+LANDMARK_FILLER = (" The grass is green. The sky is blue. The sun is yellow. Here we go. There and"
+                   " back again.")
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptIds:
+  """Token ids of the fixed prompt pieces, keys' and names' id pools (from one tokenizer)."""
+
+  needle_head: np.ndarray
+  needle_tail: np.ndarray
+  question_head: np.ndarray
+  question_tail: np.ndarray
+  named_needle_head: np.ndarray
+  named_needle_mid: np.ndarray
+  named_question_head: np.ndarray
+  named_question_mid: np.ndarray
+  named_question_tail: np.ndarray
+  named_question_end: np.ndarray
+  key_pool: np.ndarray        # ids a key token is drawn from (ordinary pieces)
+  name_pool: np.ndarray       # ids a name is drawn from (word pieces ' Abc...')
+  landmark_filler: np.ndarray
+
+
+@functools.lru_cache(maxsize=4)
+def prompt_ids(tokenizer: Tokenizer) -> PromptIds:
+  enc = lambda s: np.asarray(tokenizer.encode(s), np.int32)  # noqa: E731
+  ordinary = np.asarray(tokenizer.ordinary_ids, np.int32)
+  names = [i for i in ordinary.tolist()
+           if (p := tokenizer.decode([i])).startswith(" ") and p[1:].isalpha() and len(p) >= 4]
+  return PromptIds(
+      needle_head=enc(NEEDLE_HEAD), needle_tail=enc(NEEDLE_TAIL),
+      question_head=enc(QUESTION_HEAD), question_tail=enc(QUESTION_TAIL),
+      named_needle_head=enc(NAMED_NEEDLE_HEAD), named_needle_mid=enc(NAMED_NEEDLE_MID),
+      named_question_head=enc(NAMED_QUESTION_HEAD), named_question_mid=enc(NAMED_QUESTION_MID),
+      named_question_tail=enc(NAMED_QUESTION_TAIL), named_question_end=enc(NAMED_QUESTION_END),
+      key_pool=ordinary, name_pool=np.asarray(names, np.int32),
+      landmark_filler=enc(LANDMARK_FILLER))
+
+
+class TextFiller:
+  """Contiguous spans of a token stream from a random start (wrapping around)."""
+
+  def __init__(self, tokens: np.ndarray):
+    self.tokens = np.asarray(tokens, np.int32)
+    if self.tokens.size == 0:
+      raise ValueError("TextFiller: empty token stream")
+
+  def take(self, rng: np.random.Generator, n: int) -> np.ndarray:
+    start = int(rng.integers(len(self.tokens)))
+    if start + n <= len(self.tokens):
+      return self.tokens[start:start + n].copy()
+    return self.tokens[(start + np.arange(n)) % len(self.tokens)]
+
+
+class RepeatFiller(TextFiller):
+  """The Landmark-Attention filler sentences repeated, from a random sentence-group phase."""
+
+  def take(self, rng: np.random.Generator, n: int) -> np.ndarray:
+    start = int(rng.integers(len(self.tokens)))
+    return self.tokens[(start + np.arange(n)) % len(self.tokens)]
+
+
+@dataclasses.dataclass(frozen=True)
+class RecallSample:
+  """tokens int32[length+1]; weights float32[length] (per target); answer_targets int32[q, k]:
+  target indices of every answer token (answer_targets[i, 0] predicts key i's first token from
+  input position answer_targets[i, 0]); keys int32[q, k]; needle_starts int32[q] (window index
+  of each needle block, in query order); question_starts int32[q]."""
+
+  tokens: np.ndarray
+  weights: np.ndarray
+  answer_targets: np.ndarray
+  keys: np.ndarray
+  needle_starts: np.ndarray
+  question_starts: np.ndarray
+
+
+def answer_chunk(length: int, key_len: int, answer_offset: int = 4, chunk_text: int = 63) -> int:
+  """c_q: the last chunk of a `length + 1` window in which an answer of key_len fits."""
+  return (length + 1 - answer_offset - key_len) // chunk_text
+
+
+def max_queries(length: int, key_len: int, needle_len: int, question_len: int,
+                answer_offset: int = 4, chunk_text: int = 63) -> int:
+  """Largest q whose needles (needle_len tokens each) fit before the first question's chunk."""
+  cq = answer_chunk(length, key_len, answer_offset, chunk_text)
+  q = 0
+  while True:
+    c1 = cq - q  # first answer chunk if q + 1 queries
+    if c1 - 1 < 1 or chunk_text * (c1 - 1) < (q + 1) * needle_len:
+      return q
+    q += 1
+
+
+def _split(rng: np.random.Generator, total: int, parts: int) -> np.ndarray:
+  """`parts` non-negative ints summing to `total`, uniformly (stars and bars)."""
+  cuts = np.sort(rng.integers(0, total + 1, size=parts - 1))
+  return np.diff(np.concatenate([[0], cuts, [total]])).astype(np.int64)
+
+
+def make_recall_sample(rng: np.random.Generator, ids: PromptIds, filler: TextFiller, length: int,
+                       *, key_len: int = 5, n_queries: int = 1, named: bool = False,
+                       repeat: int = 1, answer_weight: float = 1.0, answer_offset: int = 4,
+                       chunk_text: int = 63, depth: float | None = None) -> RecallSample:
+  """One sample (module docstring).  `depth` in [0, 1] (single query only) places the needle at
+  that fraction of the room before the question's chunk; None draws it uniformly."""
+  if key_len < 1 or n_queries < 1 or repeat < 1:
+    raise ValueError(f"key_len={key_len}, n_queries={n_queries}, repeat={repeat} must be >= 1")
+  if answer_offset < 1 or answer_offset + key_len > chunk_text:
+    raise ValueError(f"answer_offset={answer_offset} must be >= 1 and leave room for the key")
+  if n_queries > 1 and not named:
+    raise ValueError("several queries need named needles (otherwise they all ask the same key "
+                     "and an earlier answer in the sliding window gives it away)")
+  q = n_queries
+  if named and len(ids.name_pool) < q:
+    raise ValueError(f"only {len(ids.name_pool)} names for {q} queries")
+  keys = rng.choice(ids.key_pool, size=(q, key_len)).astype(np.int32)
+  if named:
+    names = rng.choice(ids.name_pool, size=q, replace=False).astype(np.int32)
+    needles = [np.tile(np.concatenate([ids.named_needle_head, [names[i]], ids.named_needle_mid,
+                                       keys[i], ids.needle_tail]), repeat) for i in range(q)]
+    questions = [np.concatenate([ids.named_question_head, [names[i]], ids.named_question_mid,
+                                 ids.named_question_tail, [names[i]], ids.named_question_end])
+                 for i in range(q)]
+  else:
+    needles = [np.tile(np.concatenate([ids.needle_head, keys[0], ids.needle_tail]), repeat)]
+    questions = [np.concatenate([ids.question_head, ids.question_tail])]
+  m = len(questions[0])
+  if m <= answer_offset:
+    raise ValueError(f"question of {m} tokens must be longer than answer_offset={answer_offset}")
+  n = length + 1
+  cq = answer_chunk(length, key_len, answer_offset, chunk_text)
+  c1 = cq - (q - 1)
+  a = chunk_text * (c1 + np.arange(q)) + answer_offset           # first answer token, window idx
+  if c1 < 2 or a[0] - m < chunk_text * (c1 - 1):
+    raise ValueError(f"length={length} too short for {q} queries (first answer chunk {c1})")
+  room = chunk_text * (c1 - 1)                                   # needles live in [0, room)
+  need = sum(len(x) for x in needles)
+  if need > room:
+    raise ValueError(f"length={length}: {q} needle block(s) of {need} tokens do not fit in the "
+                     f"{room} tokens before the first question's chunk")
+  # filler counts: gaps between needles (q+1 gaps in [0, room)), then the query region
+  free = room - need
+  if depth is not None:
+    if q != 1 or not 0.0 <= depth <= 1.0:
+      raise ValueError("depth needs a single query and 0 <= depth <= 1")
+    g0 = int(round(depth * free))
+    gaps = np.array([g0, free - g0])
+  else:
+    gaps = _split(rng, free, q + 1)
+  order = rng.permutation(q)                                      # needle order != query order
+  text = filler.take(rng, n - need - q * (m + key_len))
+  out, pos, t = [], 0, 0
+  needle_starts = np.zeros(q, np.int64)
+  for gi in range(q + 1):
+    out.append(text[t:t + gaps[gi]]); t += gaps[gi]; pos += gaps[gi]
+    if gi < q:
+      needle_starts[order[gi]] = pos
+      out.append(needles[order[gi]]); pos += len(needles[order[gi]])
+  assert pos == room
+  for i in range(q):
+    qs = a[i] - m
+    out.append(text[t:t + qs - pos]); t += qs - pos; pos = qs
+    out.append(questions[i]); out.append(keys[i]); pos = a[i] + key_len
+  out.append(text[t:t + n - pos]); t += n - pos
+  tokens = np.concatenate(out).astype(np.int32)
+  assert len(tokens) == n and t == len(text), (len(tokens), n, t, len(text))
+  answer_targets = (a[:, None] - 1 + np.arange(key_len)[None, :]).astype(np.int32)
+  weights = np.zeros(length, np.float32)
+  weights[:answer_targets[-1, -1] + 1] = 1.0
+  weights[answer_targets.reshape(-1)] = answer_weight
+  return RecallSample(tokens=tokens, weights=weights, answer_targets=answer_targets, keys=keys,
+                      needle_starts=needle_starts.astype(np.int32),
+                      question_starts=(a - m).astype(np.int32))
+
+
+@dataclasses.dataclass(frozen=True)
+class MixSpec:
+  """What a training batch is made of: fractions of official passkey samples (`p_single`), named
+  multi-query samples (`p_named`, `n_queries` each) and plain LM windows (the rest); text or
+  Landmark filler (`p_landmark_filler` of the recall samples); needle repetitions `repeat`."""
+
+  p_single: float = 1.0
+  p_named: float = 0.0
+  n_queries: int = 4
+  p_landmark_filler: float = 0.0
+  key_len: int = 5
+  repeat: int = 1
+  answer_weight: float = 1.0
+
+
+def make_batch(rng: np.random.Generator, ids: PromptIds, text: TextFiller, batch: int, length: int,
+               mix: MixSpec, repeat_filler: TextFiller | None = None) -> dict[str, np.ndarray]:
+  """{"inputs", "targets" int32[b, length], "loss_weights" f32[b, length],
+  "answer_mask" f32[b, length] (1 at the first answer token of each query), "answer_all"
+  f32[b, length] (1 at every answer token)}."""
+  repeat_filler = repeat_filler or RepeatFiller(ids.landmark_filler)
+  toks = np.zeros((batch, length + 1), np.int32)
+  w = np.zeros((batch, length), np.float32)
+  first = np.zeros((batch, length), np.float32)
+  allm = np.zeros((batch, length), np.float32)
+  for b in range(batch):
+    u = rng.random()
+    if u >= mix.p_single + mix.p_named:
+      toks[b] = text.take(rng, length + 1)
+      w[b] = 1.0
+      continue
+    filler = repeat_filler if rng.random() < mix.p_landmark_filler else text
+    named = u >= mix.p_single
+    q = 1
+    if named:
+      nl = (len(ids.named_needle_head) + len(ids.named_needle_mid) + 2 + mix.key_len) * mix.repeat
+      ql = (len(ids.named_question_head) + len(ids.named_question_mid)
+            + len(ids.named_question_tail) + len(ids.named_question_end) + 2)
+      q = max(1, min(mix.n_queries, max_queries(length, mix.key_len, nl, ql)))
+    s = make_recall_sample(rng, ids, filler, length, key_len=mix.key_len, n_queries=q,
+                           named=named, repeat=mix.repeat, answer_weight=mix.answer_weight)
+    toks[b], w[b] = s.tokens, s.weights
+    first[b, s.answer_targets[:, 0]] = 1.0
+    allm[b, s.answer_targets.reshape(-1)] = 1.0
+  return {"inputs": toks[:, :-1], "targets": toks[:, 1:], "loss_weights": w,
+          "answer_mask": first, "answer_all": allm}
+
+
+# -- a small, dependency-free model file (the recipe's final checkpoint) ----------------------
+
+def save_model(path: str, params, config, meta: dict | None = None) -> None:
+  """Writes `<path>/params.npz` (every leaf as bfloat16, stored as uint16 bits, keyed by its
+  '/'-joined path) and `<path>/config.json` ({"model": DRTConfig.to_dict(), "meta": meta})."""
+  import json
+  import os
+
+  import jax
+  import ml_dtypes
+  os.makedirs(path, exist_ok=True)
+  flat = {}
+  for p, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+    key = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in p)
+    flat[key] = np.asarray(x, np.float32).astype(ml_dtypes.bfloat16).view(np.uint16)
+  np.savez(os.path.join(path, "params.npz"), **flat)
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump({"model": config.to_dict(), "meta": meta or {}}, f, indent=1, default=str)
+
+
+def load_model(path: str, dtype=np.float32):
+  """(params, DRTConfig, meta) from a `save_model` directory; params as nested dicts of
+  `dtype` numpy arrays (float32 by default: bf16 weights upcast exactly)."""
+  import json
+  import os
+
+  import ml_dtypes
+
+  from gca_jax.config import DRTConfig
+  with open(os.path.join(path, "config.json")) as f:
+    info = json.load(f)
+  params: dict = {}
+  with np.load(os.path.join(path, "params.npz")) as z:
+    for key in z.files:
+      node = params
+      parts = key.split("/")
+      for k in parts[:-1]:
+        node = node.setdefault(k, {})
+      node[parts[-1]] = z[key].view(ml_dtypes.bfloat16).astype(dtype)
+  return params, DRTConfig.from_dict(info["model"]), info.get("meta", {})
