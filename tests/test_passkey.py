@@ -16,6 +16,13 @@ VALID = os.path.join(ROOT, "data", "corpus", "valid")
 CT = 63
 
 
+
+
+def _reach(before, question_start, needle_tokens, ct=CT):
+  """Independent restatement of the depth rule: needles end before the question's chunk."""
+  limit = (question_start // ct) * ct - needle_tokens
+  return before if limit < 0 else min(before, limit)
+
 @pytest.fixture(scope="module")
 def tok():
   return Tokenizer.load(SHIPPED)
@@ -134,7 +141,12 @@ def test_official_eval_sample(tok, depth):
   head = tok.encode(NEEDLE_HEAD)
   needle_len = len(head) + 6
   before = sample.question_start - needle_len
-  assert sample.needle_start == round(depth * before)
+  reach = _reach(before, sample.question_start, needle_len)
+  assert sample.needle_start == round(depth * reach)
+  # the needle ends before the question's chunk (retrievable by GCA; depth 1: right at it)
+  assert sample.needle_start + needle_len <= 14 * CT
+  if depth == 1.0:
+    assert sample.needle_start + needle_len == 14 * CT
   np.testing.assert_array_equal(t[sample.needle_start:sample.needle_start + len(head)], head)
   np.testing.assert_array_equal(t[sample.needle_start + len(head):][:5], key)
   text = np.concatenate([t[:sample.needle_start],
@@ -251,11 +263,14 @@ def test_multikey_layout(tok, length, depths, offset, chunk_text):
     np.testing.assert_array_equal(t[s.value_starts[i]:s.value_starts[i] + 5], s.values[i])
     assert tok.decode(t[st + needle_len - 1:st + needle_len]) == "|"
     assert st + needle_len <= s.question_start
-  # needle i sits after round(depth_i * before) filler tokens
+  # needle i sits after round(depth_i * reach) filler tokens (all end before the question chunk)
   before = s.question_start - n * needle_len
+  reach = _reach(before, s.question_start, n * needle_len, chunk_text)
+  if (s.question_start // chunk_text) * chunk_text >= n * needle_len:
+    assert max(s.needle_starts) + needle_len <= (s.question_start // chunk_text) * chunk_text
   for i in range(n):
     ahead = sum(needle_len for j in range(n) if (s.needle_starts[j] < s.needle_starts[i]))
-    assert s.needle_starts[i] - ahead == round(depths[i] * before)
+    assert s.needle_starts[i] - ahead == round(depths[i] * reach)
   # question: "|What is the special magic number for" X "? The special magic number for" X " is"
   qh = tok.encode(MULTIKEY_QUESTION_HEAD)
   q = t[s.question_start:s.answer_start]
@@ -318,9 +333,10 @@ def test_2hop_layout_and_chain(tok, length, depths, offset):
     assert s.value_starts[i] == st + len(head) + 5 + len(arrow)
     assert st + nl <= s.question_start
   before = s.question_start - 2 * nl
+  reach = _reach(before, s.question_start, 2 * nl)
   first = int(np.argmin(s.needle_starts)) if s.needle_starts[0] != s.needle_starts[1] else 0
-  assert s.needle_starts[first] == round(depths[first] * before)
-  assert s.needle_starts[1 - first] - nl == round(depths[1 - first] * before)
+  assert s.needle_starts[first] == round(depths[first] * reach)
+  assert s.needle_starts[1 - first] - nl == round(depths[1 - first] * reach)
   qh = tok.encode(HOP_QUESTION_HEAD)
   q = t[s.question_start:s.answer_start]
   np.testing.assert_array_equal(q[:len(qh)], qh)

@@ -173,6 +173,19 @@ def _span(filler: np.ndarray, start: int, size: int) -> np.ndarray:
   return filler[(start + np.arange(size)) % len(filler)]
 
 
+def _reach(before: int, question_start: int, needle_tokens: int, chunk_text: int) -> int:
+  """Largest filler offset at which the needle(s) still end before the question's chunk.
+
+  Depth d puts a needle after round(d * reach) filler tokens, so depth 1 ends the needle(s) right
+  where the question's chunk begins: the last place GCA retrieval can reach, since the answer
+  chunk is served by the retrieval made at the question chunk's landmark, which sees only
+  earlier chunks (SPEC §2.3, §4: needles at least two chunks before the end). Where the length
+  leaves no whole chunk before the question's, the needle may share that chunk (reach = before).
+  """
+  limit = (question_start // chunk_text) * chunk_text - needle_tokens
+  return before if limit < 0 else min(before, limit)
+
+
 def make_passkey_sample(filler_tokens: np.ndarray, length: int, depth: float, tokenizer: Tokenizer,
                         rng: np.random.Generator, key_len: int = 5, chunk_text: int = 63,
                         answer_offset: int = 4) -> PasskeySample:
@@ -180,8 +193,9 @@ def make_passkey_sample(filler_tokens: np.ndarray, length: int, depth: float, to
 
   Filler is a contiguous span of `filler_tokens` from a random start (wrapping around when the
   stream is shorter than needed). The needle is placed after a fraction `depth` of the filler
-  that precedes the question; question and answer follow the layout rule; filler text follows
-  the answer up to `length`.
+  that GCA can retrieve from (`_reach`: depth 1 = the needle ends where the question's chunk
+  begins); question and answer follow the layout rule; filler text follows the answer up to
+  `length`.
   """
   if not 0.0 <= depth <= 1.0:
     raise ValueError(f"depth={depth!r} must lie in [0, 1]")
@@ -199,7 +213,7 @@ def make_passkey_sample(filler_tokens: np.ndarray, length: int, depth: float, to
     raise ValueError(f"length={length} leaves no room for the needle ({len(needle)} tokens)")
   after = length - a - key_len
   text = _span(filler, int(rng.integers(len(filler))), before + after)
-  s = int(round(depth * before))
+  s = int(round(depth * _reach(before, a - m, len(needle), chunk_text)))
   tokens = np.concatenate([text[:s], needle, text[s:before], question, key, text[before:]])
   return PasskeySample(tokens=tokens, answer_index=a - 1, key=tuple(int(t) for t in key),
                        needle_start=s, question_start=a - m)
@@ -277,8 +291,9 @@ def make_landmark_passkey_sample(length: int, depth: float, tokenizer: Tokenizer
 # "Haystack": real text from a token stream (`filler_tokens`, a contiguous span from a random
 # start, wrapping) by default; `prefix_tokens` (e.g. Landmark's task line) goes first and
 # `filler_start` fixes the span's start (0 for Landmark's repeated filler unit, so that it starts
-# on a sentence). Needle i goes after a fraction depths[i] of the filler that precedes the
-# question (filler offset round(depths[i] * before)); needles at the same offset keep their order.
+# on a sentence). Needle i goes after a fraction depths[i] of the retrievable filler (filler
+# offset round(depths[i] * reach), `_reach`: at depth 1 the needles end where the question's
+# chunk begins); needles at the same offset keep their order.
 
 MULTIKEY_NEEDLE_HEAD = "|One of the special magic numbers for"
 MULTIKEY_NEEDLE_MID = " is"
@@ -365,7 +380,8 @@ def _assemble(filler_tokens, prefix_tokens, filler_start, needles: list[np.ndarr
   after = length - a - k
   start = int(rng.integers(len(filler))) if filler_start is None else int(filler_start)
   text = _span(filler, start, before + after)
-  offs = [int(round(d * before)) for d in depths]
+  reach = _reach(before, a - m, len(prefix) + sum(len(x) for x in needles), chunk_text)
+  offs = [int(round(d * reach)) for d in depths]
   order = sorted(range(len(needles)), key=lambda i: (offs[i], i))
   parts, starts, pos, prev = [prefix], [0] * len(needles), len(prefix), 0
   for i in order:
