@@ -65,6 +65,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "Training run directory.")
+_MODEL_DIR = flags.DEFINE_string(
+    "model_dir", None, "Instead of --run_dir: an exported model directory (params.npz + "
+    "config.json, `gca_jax.data.recall.save_model`, e.g. checkpoints/recall_drt); streaming "
+    "tasks (ppl_length, passkey_grid, long) only.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 _TASK = flags.DEFINE_enum("task", "all",
                           ["ppl", "passkey", "all", "ppl_length", "passkey_grid", "long"],
@@ -151,8 +155,10 @@ def evaluate() -> dict:
   from gca_jax.train.checkpoint import Checkpointer
   from gca_jax.train.state import abstract_params
 
+  if _MODEL_DIR.value:
+    return _evaluate_export()
   if not _RUN_DIR.value:
-    raise EvalError("--run_dir is required")
+    raise EvalError("--run_dir (or --model_dir) is required")
   ckpt = Checkpointer(_RUN_DIR.value, read_only=True)
   step, saved = ckpt.restore_config(_STEP.value)
   saved_cfg = rc.from_dict(saved)
@@ -213,6 +219,46 @@ def evaluate() -> dict:
                          "key_len": 5, "seconds": round(time.time() - t0, 2)}
   if _TASK.value in ("ppl_length", "passkey_grid", "long"):
     result.update(_long_context(params, model_cfg, tok, stream, seq_len, say))
+  return result
+
+
+def _evaluate_export() -> dict:
+  """--model_dir: an exported model (params.npz + config.json), streaming tasks only."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from gca_jax.data import Tokenizer, tokenize_corpus
+  from gca_jax.data.recall import load_model
+
+  path = _MODEL_DIR.value
+  if _RUN_DIR.value:
+    raise EvalError("give --run_dir or --model_dir, not both")
+  for f in ("params.npz", "config.json"):
+    if not os.path.isfile(os.path.join(path, f)):
+      raise EvalError(f"--model_dir={path!r}: no {f} there (expected a save_model export)")
+  if _TASK.value not in ("ppl_length", "passkey_grid", "long"):
+    raise EvalError(f"--task={_TASK.value} needs --run_dir; with --model_dir use ppl_length, "
+                    "passkey_grid or long")
+  params, model_cfg, meta = load_model(path)
+  params = jax.tree.map(jnp.asarray, params)
+  args = meta.get("args", {})
+  eval_path = _EVAL_PATH.value or args.get("eval_text", "")
+  tok_path = _TOKENIZER.value or args.get("tokenizer", "")
+  for name, p in (("eval_path", eval_path), ("tokenizer", tok_path)):
+    if not p or not os.path.exists(p):
+      raise EvalError(f"--{name}={p!r} does not exist (cwd {os.getcwd()})")
+  tok = Tokenizer.load(tok_path)
+  if tok.vocab_size > model_cfg.vocab_size:
+    raise EvalError(f"tokenizer {tok_path!r} has {tok.vocab_size} pieces, the model only "
+                    f"{model_cfg.vocab_size}")
+  stream = np.asarray(tokenize_corpus(eval_path, tok).tokens)
+  seq_len = int(meta.get("train_chunks", 16)) * model_cfg.text_per_chunk
+  result = {"model_dir": os.path.abspath(path), "step": meta.get("step"),
+            "model": model_cfg.to_dict(), "eval_path": eval_path, "tokenizer": tok_path,
+            "devices": f"{jax.device_count()} x {jax.devices()[0].platform}"}
+  say = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+  result.update(_long_context(params, model_cfg, tok, stream, seq_len, say))
   return result
 
 

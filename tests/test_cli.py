@@ -149,3 +149,19 @@ def test_eval_long_context_tasks(trained, tmp_path):
   assert p.returncode == 2 and "length 100000000000 does not fit" in p.stderr, p.stderr[-2000:]
   p = _run(["eval.py", "--run_dir", run_dir, "--task", "passkey_grid", "--kinds", "3hop"])
   assert p.returncode == 2 and "--kinds=3hop: expected some of" in p.stderr
+
+
+def test_eval_model_dir_export(tmp_path):
+  """eval.py --model_dir on the shipped exported DRT (checkpoints/recall_drt): the streaming
+  passkey grid at 4x its training length finds the keys; a wrong directory / task is exit 2."""
+  out = tmp_path / "grid.json"
+  p = _run(["eval.py", "--model_dir=checkpoints/recall_drt", "--task=passkey_grid",
+            "--lengths=4x", "--depths=0.5,1", "--trials=2", "--kinds=single",
+            "--formats=official", "--progress=false", f"--out={out}"])
+  assert p.returncode == 0, p.stderr[-2000:]
+  r = json.loads(out.read_text())
+  assert r["passkey_grid"]["summary"]["single"]["official"]["4032"] >= 0.75
+  p = _run(["eval.py", f"--model_dir={tmp_path}", "--task=passkey_grid"])
+  assert p.returncode == 2 and "params.npz" in p.stderr
+  p = _run(["eval.py", "--model_dir=checkpoints/recall_drt", "--task=ppl"])
+  assert p.returncode == 2 and "needs --run_dir" in p.stderr

@@ -279,20 +279,32 @@ def make_batch(rng: np.random.Generator, ids: PromptIds, text: TextFiller, batch
 
 def save_model(path: str, params, config, meta: dict | None = None) -> None:
   """Writes `<path>/params.npz` (every leaf as bfloat16, stored as uint16 bits, keyed by its
-  '/'-joined path) and `<path>/config.json` ({"model": DRTConfig.to_dict(), "meta": meta})."""
+  '/'-joined path) and `<path>/config.json` ({"model": DRTConfig.to_dict(), "meta": meta}).
+  Atomic: written to `<path>.tmp` first, then renamed over `path` (never half-written)."""
   import json
   import os
+  import shutil
 
   import jax
   import ml_dtypes
-  os.makedirs(path, exist_ok=True)
+  tmp = path.rstrip("/") + ".tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
   flat = {}
   for p, x in jax.tree_util.tree_flatten_with_path(params)[0]:
     key = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in p)
     flat[key] = np.asarray(x, np.float32).astype(ml_dtypes.bfloat16).view(np.uint16)
-  np.savez(os.path.join(path, "params.npz"), **flat)
-  with open(os.path.join(path, "config.json"), "w") as f:
+  np.savez(os.path.join(tmp, "params.npz"), **flat)
+  with open(os.path.join(tmp, "config.json"), "w") as f:
     json.dump({"model": config.to_dict(), "meta": meta or {}}, f, indent=1, default=str)
+  if os.path.exists(path):
+    old = path.rstrip("/") + ".old"
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+  else:
+    os.replace(tmp, path)
 
 
 def load_model(path: str, dtype=np.float32):
