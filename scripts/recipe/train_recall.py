@@ -391,10 +391,10 @@ def main(argv=None):
       stop_reason = "max_seconds"
       break
   save_ckpt(args.out_dir, params, opt_state, step, rng_data, curve, args, stage, stage_start)
-  if True:  # the latest params, also when stopped by time (resume continues the run)
-    R.save_model(os.path.join(args.out_dir, "final"), params, cfg,
-                 {"step": step, "train_chunks": final_chunks, "args": vars(args),
-                  "last": curve[-1] if curve else None})
+  # the latest params, also when stopped by time (a rerun resumes from the checkpoint)
+  R.save_model(os.path.join(args.out_dir, "final"), params, cfg,
+               {"step": step, "train_chunks": final_chunks, "args": vars(args),
+                "last": curve[-1] if curve else None})
   print(f"done: step {step} ({stop_reason}) in {time.time() - t_start:.0f}s", flush=True)
   return step, stop_reason
 
