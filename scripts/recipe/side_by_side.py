@@ -86,7 +86,7 @@ def evaluate_model(name: str, path: str, args) -> dict:
     _save(out, args.out_dir, name)
   ppl_lengths = [int(x) for x in args.ppl_lengths.split(",") if x]
   if ppl_lengths:
-    out["ppl"] = ppl_vs_length(params, cfg, filler, ppl_lengths, windows=1,
+    out["ppl"] = ppl_vs_length(params, cfg, filler, ppl_lengths, windows=args.ppl_windows,
                                segment_len=args.segment_len, progress=False, log=log)
   out["seconds"] = round(time.time() - t0, 1)
   _save(out, args.out_dir, name)
@@ -170,6 +170,7 @@ def main(argv=None):
   p.add_argument("--segment_len", type=int, default=4032)
   p.add_argument("--long_segment_len", type=int, default=16128)
   p.add_argument("--ppl_lengths", default="1008,4032,16128")
+  p.add_argument("--ppl_windows", type=int, default=2, help="held-out windows per length")
   p.add_argument("--tokenizer", default="data/tokenizer/gca_tiny.model")
   p.add_argument("--filler", default="data/corpus/valid", help="held-out text")
   p.add_argument("--dtype", default="", help="override the compute dtype (float32 on CPU)")
