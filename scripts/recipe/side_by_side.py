@@ -181,6 +181,10 @@ def main(argv=None):
   if args.merge:
     results = []
     for f in args.merge.split(","):
+      if not os.path.isfile(f):
+        print(f"--merge: {f} missing (that model's run did not get as far), skipped",
+              file=sys.stderr)
+        continue
       with open(f) as fh:
         results.append(json.load(fh))
   else:
