@@ -47,7 +47,7 @@ def write_json(obj, path: str) -> str:
 def _fmt_len(n: int) -> str:
   """64K for 65536 (binary multiples), else 3 significant digits: 4.03K for 4032."""
   for unit, s in ((2**20, "M"), (2**10, "K")):
-    if n >= unit and n % unit == 0:
+    if n >= unit and n % unit == 0 and (s == "M" or n < 2**20):
       return f"{n // unit}{s}"
   for unit, s in ((10**6, "M"), (10**3, "K")):
     if n >= unit:
@@ -121,9 +121,12 @@ def plot_passkey_grid(grid: Mapping, out_dir: str, *, metric: str = "first_token
     for fmt in grid["formats"]:
       depths, lengths, acc = grid_table(grid, kind, fmt, metric)
       name = "first-token" if metric == "first_token_accuracy" else "whole-key"
+      ts = sorted({int(c["trials"]) for c in grid["cells"] if c["kind"] == kind
+                   and c["format"] == fmt}) or [grid["trials"]]
+      n_trials = str(ts[0]) if len(ts) == 1 else f"{ts[0]}–{ts[-1]}"
       paths.append(plot_passkey_heatmap(
           depths, lengths, acc, os.path.join(out_dir, f"{prefix}_{kind}_{fmt}.png"),
-          title=f"{kind} passkey, {fmt} format ({name}, {grid['trials']} trials)"))
+          title=f"{kind} passkey, {fmt} format ({name}, {n_trials} trials per cell)"))
   return paths
 
 

@@ -62,7 +62,7 @@ def evaluate_model(name: str, path: str, args) -> dict:
   tok = Tokenizer.load(args.tokenizer)
   filler = np.asarray(tokenize_corpus(args.filler, tok).tokens)
   max_len = int(_pairs(args.max_length, "max_length").get(name, 1 << 62))
-  lengths = [L for L in (int(x) for x in args.lengths.split(",")) if L <= max_len]
+  lengths = [L for L in (int(x) for x in args.lengths.split(",") if x) if L <= max_len]
   longs = [L for L in (int(x) for x in args.long_lengths.split(",") if x) if L <= max_len]
   depths = [float(x) for x in args.depths.split(",")]
   log = lambda s: print(f"[{name}] {s}", file=sys.stderr, flush=True)  # noqa: E731
@@ -70,19 +70,24 @@ def evaluate_model(name: str, path: str, args) -> dict:
          "device": str(jax.devices()[0]), "jax": jax.__version__,
          "date": time.strftime("%Y-%m-%d"), "trials": args.trials, "depths": depths}
   t0 = time.time()
-  out["passkey"] = passkey_grid(params, cfg, tok, filler, lengths=lengths, depths=depths,
-                                trials=args.trials, kinds=args.kinds.split(","),
-                                formats=("official",), seed=args.seed,
-                                segment_len=args.segment_len, batch_size=args.batch,
-                                progress=False, log=log)
-  _save(out, args.out_dir, name)
-  if longs:
-    out["passkey_long"] = passkey_grid(params, cfg, tok, filler, lengths=longs,
-                                       depths=args.long_depths.split(","),
-                                       trials=args.long_trials, kinds=("single",),
-                                       formats=("official",), seed=args.seed,
-                                       segment_len=args.long_segment_len,
-                                       batch_size=args.long_batch, progress=False, log=log)
+  if lengths:
+    out["passkey"] = passkey_grid(params, cfg, tok, filler, lengths=lengths, depths=depths,
+                                  trials=args.trials, kinds=args.kinds.split(","),
+                                  formats=("official",), seed=args.seed,
+                                  segment_len=args.segment_len, batch_size=args.batch,
+                                  progress=False, log=log)
+    _save(out, args.out_dir, name)
+  for L in longs:  # one length at a time: each is checked (memory) and saved on its own
+    g = passkey_grid(params, cfg, tok, filler, lengths=[L], depths=args.long_depths.split(","),
+                     trials=args.long_trials, kinds=("single",), formats=("official",),
+                     seed=args.seed, segment_len=args.long_segment_len,
+                     batch_size=args.long_batch, progress=False, log=log)
+    if "passkey_long" not in out:
+      out["passkey_long"] = g
+    else:
+      out["passkey_long"]["cells"] += g["cells"]
+      out["passkey_long"]["lengths"] += g["lengths"]
+      out["passkey_long"]["seconds"].update(g["seconds"])
     _save(out, args.out_dir, name)
   ppl_lengths = [int(x) for x in args.ppl_lengths.split(",") if x]
   if ppl_lengths:
