@@ -79,8 +79,8 @@ import numpy as np
 
 from gca_jax.config import DRTConfig
 from gca_jax.inference import stream as _drt
-from gca_jax.inference.stream import (_check_memory, _check_segment, _dense, _mlp, _norm,
-                                      _round_up, _swa_cached, effective_mem_block)
+from gca_jax.inference.stream import (_check_memory, _check_segment, _check_tokens, _dense,
+                                      _mlp, _norm, _round_up, _swa_cached, effective_mem_block)
 from gca_jax.layers.common import dtype_of, rope_tables
 
 _NEG = -1e30
@@ -442,24 +442,13 @@ class LandmarkStream:
 # ----------------------------------------------------------------------------- drivers
 
 
-def _check_tokens(tokens):
-  tokens = np.asarray(tokens)
-  if tokens.ndim != 2 or tokens.shape[1] < 2:
-    raise ValueError(f"tokens must be [B, T] with T >= 2, got {tokens.shape}")
-  return tokens
-
-
 def _run(params, config: DRTConfig, tokens, segment_len: int, memory: str, kw: dict,
          positions=None):
   kind = config.model_kind
   tokens = _check_tokens(tokens)
   n = _check_segment(config, segment_len)
   B, T = tokens.shape
-  Tin = T - 1
-  nseg = -(-Tin // segment_len)
-  pad = nseg * segment_len - Tin
-  inp = np.pad(tokens[:, :-1], ((0, 0), (0, pad)))
-  tgt = np.pad(tokens[:, 1:], ((0, 0), (0, pad)))
+  nseg = _drt.num_segments(T, segment_len)
   if kind == "swa":
     stream = SWAStream(params, config, B, segment_len=segment_len, **kw)
   else:
@@ -468,26 +457,7 @@ def _run(params, config: DRTConfig, tokens, segment_len: int, memory: str, kw: d
                                 "memory='host' is not implemented (use 'device' or 'auto')")
     cap = ((nseg - 1) * segment_len) // config.text_per_chunk + n + 1
     stream = LandmarkStream(params, config, B, segment_len=segment_len, capacity=cap, **kw)
-  nlls, picked = [], []
-  for s in range(nseg):
-    sl = slice(s * segment_len, (s + 1) * segment_len)
-    if positions is None:
-      nlls.append(stream.feed(inp[:, sl], tgt[:, sl]))
-      continue
-    local = positions - s * segment_len
-    inside = (local >= 0) & (local < segment_len)
-    nll, lp = stream.feed(inp[:, sl], tgt[:, sl], select=np.where(inside, local, 0).astype(np.int32))
-    nlls.append(nll)
-    picked.append((inside, lp))
-  nll = jnp.concatenate(nlls, axis=1)[:, :Tin].block_until_ready()
-  stream.close()
-  if positions is None:
-    return nll, None
-  out = np.zeros((B, len(positions), config.vocab_size), np.float32)
-  for inside, lp in picked:
-    if inside.any():
-      out[:, inside] = np.asarray(lp)[:, inside]
-  return nll, out
+  return _drt.run_segments(stream, tokens, segment_len, positions)
 
 
 def stream_nll(params, config: DRTConfig, tokens, *, segment_len: int, memory: str = "auto", **kw):

@@ -621,34 +621,33 @@ class DRTStream:
     return nll if select is None else (nll, lp)
 
 
-def _run_stream(params, config, tokens, segment_len, memory, mem_block, positions=None,
-                swa_block=256):
-  tokens = np.asarray(tokens)
-  if tokens.ndim != 2 or tokens.shape[1] < 2:
-    raise ValueError(f"tokens must be [B, T] with T >= 2, got {tokens.shape}")
-  n = _check_segment(config, segment_len)
-  B, T = tokens.shape
+def num_segments(T: int, segment_len: int) -> int:
+  """Segments of `segment_len` needed for the T-1 inputs of a [B, T] token array."""
+  return -(-(T - 1) // segment_len)
+
+
+def run_segments(stream, tokens_BxT: np.ndarray, segment_len: int, positions=None):
+  """Feeds tokens [:, :-1] (targets tokens [:, 1:]) to `stream` (anything with this module's
+  `DRTStream.feed(tokens, targets, select)` / `close()`) segment by segment, the last one
+  right-padded, then closes it. Returns (nll [B, T-1], log-probs [B, Q, V] numpy at the text
+  `positions` [Q], or None without positions). The selection passed to every `feed` has the
+  same size Q (rows outside the segment point at 0), so each stream compiles its step once."""
+  B, T = tokens_BxT.shape
   Tin = T - 1
-  nseg = -(-Tin // segment_len)
+  nseg = num_segments(T, segment_len)
   pad = nseg * segment_len - Tin
-  inp = np.pad(tokens[:, :-1], ((0, 0), (0, pad)))
-  tgt = np.pad(tokens[:, 1:], ((0, 0), (0, pad)))
-  stream = DRTStream(params, config, B, segment_len=segment_len,
-                     capacity=(nseg * segment_len) // config.text_per_chunk + n,
-                     mem_block=mem_block, memory=memory, swa_block=swa_block,
-                     expected_tokens=nseg * segment_len)
-  nlls, picked = [], []
+  inp = np.pad(tokens_BxT[:, :-1], ((0, 0), (0, pad)))
+  tgt = np.pad(tokens_BxT[:, 1:], ((0, 0), (0, pad)))
   if positions is not None:
     positions = np.asarray(positions, np.int64)
     if positions.ndim != 1 or np.any(positions < 0) or np.any(positions >= T):
       raise ValueError(f"positions must be a 1-D array of text positions in [0, {T}), got {positions}")
-    Q = len(positions)
+  nlls, picked = [], []
   for s in range(nseg):
     sl = slice(s * segment_len, (s + 1) * segment_len)
     if positions is None:
       nlls.append(stream.feed(inp[:, sl], tgt[:, sl]))
       continue
-    # fixed-size selection (Q rows, padded with 0) so the step compiles once per call
     local = positions - s * segment_len
     inside = (local >= 0) & (local < segment_len)
     nll, lp = stream.feed(inp[:, sl], tgt[:, sl], select=np.where(inside, local, 0).astype(np.int32))
@@ -662,9 +661,29 @@ def _run_stream(params, config, tokens, segment_len, memory, mem_block, position
   for inside, lp in picked:
     if inside.any():
       lp = np.asarray(lp)
-      out = np.zeros_like(lp) if out is None else out
+      out = np.zeros(lp.shape, np.float32) if out is None else out
       out[:, inside] = lp[:, inside]
   return nll, out
+
+
+def _check_tokens(tokens) -> np.ndarray:
+  tokens = np.asarray(tokens)
+  if tokens.ndim != 2 or tokens.shape[1] < 2:
+    raise ValueError(f"tokens must be [B, T] with T >= 2, got {tokens.shape}")
+  return tokens
+
+
+def _run_stream(params, config, tokens, segment_len, memory, mem_block, positions=None,
+                swa_block=256):
+  tokens = _check_tokens(tokens)
+  n = _check_segment(config, segment_len)
+  B, T = tokens.shape
+  nseg = num_segments(T, segment_len)
+  stream = DRTStream(params, config, B, segment_len=segment_len,
+                     capacity=(nseg * segment_len) // config.text_per_chunk + n,
+                     mem_block=mem_block, memory=memory, swa_block=swa_block,
+                     expected_tokens=nseg * segment_len)
+  return run_segments(stream, tokens, segment_len, positions)
 
 
 def stream_nll(params, config: DRTConfig, tokens, *, segment_len: int, memory: str = "auto",
