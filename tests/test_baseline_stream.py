@@ -9,6 +9,7 @@ import pytest
 from gca_jax import DRT, DRTConfig
 from gca_jax.inference import baseline_stream as bs
 from gca_jax.inference import stream as drt_stream
+from _stream_helpers import full_forward_setup
 
 
 def small_cfg(kind, **kw):
@@ -19,24 +20,17 @@ def small_cfg(kind, **kw):
   return DRTConfig(**base)
 
 
-_CACHE = {}
+def _sharpen(params):
+  """Sharpen attention (random init is near-uniform) so retrieval choices matter."""
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: x * 6.0 if any(getattr(k, "key", None) in ("q_proj", "k_proj") for k in p)
+      else x, params)
 
 
 def setup(cfg, T, B=2, seed=0):
-  key = (cfg, T, B, seed)
-  if key not in _CACHE:
-    toks = jax.random.randint(jax.random.key(seed), (B, T), 0, cfg.vocab_size)
-    params = flax.core.meta.unbox(DRT(cfg).init({"params": jax.random.key(1)}, toks)["params"])
-    if cfg.model_kind == "landmark":
-      # sharpen attention (random init is near-uniform) so retrieval choices matter
-      params = jax.tree_util.tree_map_with_path(
-          lambda p, x: x * 6.0 if any(getattr(k, "key", None) in ("q_proj", "k_proj") for k in p)
-          else x, params)
-    logits = DRT(cfg).apply({"params": params}, toks[:, :-1])
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    ref = -jnp.take_along_axis(logp, toks[:, 1:, None], axis=-1)[..., 0]
-    _CACHE[key] = params, np.asarray(toks), np.asarray(ref), np.asarray(logp)
-  return _CACHE[key]
+  params, toks, ref, logp = full_forward_setup(
+      cfg, T, B, seed, _sharpen if cfg.model_kind == "landmark" else None)
+  return params, np.asarray(toks), ref, logp
 
 
 # ----------------------------------------------------------------------------- SWA

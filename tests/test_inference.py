@@ -1,6 +1,5 @@
 """Streaming inference (gca_jax.inference): equality with the full forward pass, one compile."""
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +9,7 @@ from gca_jax import DRT, DRTConfig
 from gca_jax.inference import (TRACE_COUNTS, DRTStream, blocked_topk_retrieval, stream_logprobs_at,
                                stream_nll)
 from gca_jax.layers.retrieval import masked_topk_weights
+from _stream_helpers import full_forward_setup
 
 
 def small_cfg(**kw):
@@ -19,19 +19,8 @@ def small_cfg(**kw):
   return DRTConfig(**base)
 
 
-_CACHE = {}
-
-
 def setup(cfg, T, B=2, seed=0):
-  key = (cfg, T, B, seed)
-  if key not in _CACHE:
-    toks = jax.random.randint(jax.random.key(seed), (B, T), 0, cfg.vocab_size)
-    params = flax.core.meta.unbox(DRT(cfg).init({"params": jax.random.key(1)}, toks)["params"])
-    logits = DRT(cfg).apply({"params": params}, toks[:, :-1])
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    ref = -jnp.take_along_axis(logp, toks[:, 1:, None], axis=-1)[..., 0]
-    _CACHE[key] = params, toks, np.asarray(ref), np.asarray(logp)
-  return _CACHE[key]
+  return full_forward_setup(cfg, T, B, seed)
 
 
 T_ODD = 63 * 7 + 10  # not a multiple of 63; 8 chunks, so retrieval (top_k 2) is non-trivial
