@@ -39,12 +39,10 @@ import functools
 
 import numpy as np
 
+# the official format is the eval format's (one definition, in passkey.py)
+from gca_jax.data.passkey import NEEDLE_HEAD, NEEDLE_TAIL, QUESTION_HEAD, QUESTION_TAIL, _span
 from gca_jax.data.tokenizer import Tokenizer
 
-NEEDLE_HEAD = "|The passkey is:"
-NEEDLE_TAIL = "|"
-QUESTION_HEAD = "|What is the passkey?"
-QUESTION_TAIL = " The passkey is"
 NAMED_NEEDLE_HEAD = "|The passkey of"
 NAMED_NEEDLE_MID = " is:"
 NAMED_QUESTION_HEAD = "|What is the passkey of"
@@ -99,18 +97,12 @@ class TextFiller:
       raise ValueError("TextFiller: empty token stream")
 
   def take(self, rng: np.random.Generator, n: int) -> np.ndarray:
-    start = int(rng.integers(len(self.tokens)))
-    if start + n <= len(self.tokens):
-      return self.tokens[start:start + n].copy()
-    return self.tokens[(start + np.arange(n)) % len(self.tokens)]
+    return _span(self.tokens, int(rng.integers(len(self.tokens))), n)
 
 
 class RepeatFiller(TextFiller):
-  """The Landmark-Attention filler sentences repeated, from a random sentence-group phase."""
-
-  def take(self, rng: np.random.Generator, n: int) -> np.ndarray:
-    start = int(rng.integers(len(self.tokens)))
-    return self.tokens[(start + np.arange(n)) % len(self.tokens)]
+  """The Landmark-Attention filler sentences repeated (`tokens` = one group of them), from a
+  random phase: the same wrapping span as TextFiller over the repeated unit."""
 
 
 @dataclasses.dataclass(frozen=True)
