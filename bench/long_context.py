@@ -37,7 +37,7 @@ def worker(length: int, memory: str, segment_len: int, mem_block: int, config: s
   import jax.numpy as jnp
   import numpy as np
 
-  from gca_jax.inference.stream import DRTStream, device_free_bytes
+  from gca_jax.inference.stream import DRTStream, _check_segment, device_free_bytes
   from gca_jax.models.drt import DRT
   from gca_jax.train import run_config as rc
 
@@ -54,7 +54,8 @@ def worker(length: int, memory: str, segment_len: int, mem_block: int, config: s
   free0 = device_free_bytes()
   t_start = time.perf_counter()
   s = DRTStream(params, cfg, 1, segment_len=segment_len,
-                capacity=(nseg * segment_len) // cfg.text_per_chunk + s_chunks(cfg, segment_len),
+                capacity=(nseg * segment_len) // cfg.text_per_chunk
+                + _check_segment(cfg, segment_len),
                 mem_block=mem_block, memory=memory)
   sums = []
 
@@ -90,10 +91,6 @@ def worker(length: int, memory: str, segment_len: int, mem_block: int, config: s
               state_host_GiB=round(mb["host"] / 2**30, 3),
               host_maxrss_GiB=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
               device=dev.device_kind, jax=jax.__version__)
-
-
-def s_chunks(cfg, segment_len: int) -> int:
-  return -(-segment_len // cfg.text_per_chunk)
 
 
 def main():
