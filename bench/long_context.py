@@ -77,6 +77,13 @@ def worker(length: int, memory: str, segment_len: int, mem_block: int, config: s
   dev = jax.devices()[0]
   stats = dev.memory_stats() or {}
   mb = s.memory_bytes()
+  host = {}
+  if s.host is not None:
+    st = s.host.stats
+    host = dict(host_threads=s.host.threads, host_gather_s=round(st["gather_s"], 2),
+                host_gather_GBps=round(st["gather_bytes"] / max(st["gather_s"], 1e-9) / 1e9, 2),
+                host_write_s=round(st["write_s"], 2),
+                host_write_GBps=round(st["write_bytes"] / max(st["write_s"], 1e-9) / 1e9, 2))
   s.close()
   n_tok = nseg * segment_len
   return dict(length=n_tok, memory=s.memory, segment_len=segment_len, mem_block=mem_block,
@@ -90,7 +97,7 @@ def worker(length: int, memory: str, segment_len: int, mem_block: int, config: s
               state_device_GiB=round(mb["device"] / 2**30, 3),
               state_host_GiB=round(mb["host"] / 2**30, 3),
               host_maxrss_GiB=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
-              device=dev.device_kind, jax=jax.__version__)
+              device=dev.device_kind, jax=jax.__version__, **host)
 
 
 def main():
@@ -145,6 +152,10 @@ def main():
   if loop and ours:
     summary["loop_ratio_steady"] = ours[0]["steady_tokens_per_s"] / loop[0]["steady_tokens_per_s"]
     summary["loop_ratio_total"] = loop[0]["total_s"] / ours[0]["total_s"]
+  done = [r for r in results if "mean_nll" in r and r.get("segment_len") == args.segment_len]
+  for h in [r for r in done if r["memory"] == "host"]:
+    for d in [r for r in done if r["memory"] == "device" and r["length"] == h["length"]]:
+      summary[f"host_vs_device_mean_nll_diff_{h['length']}"] = abs(h["mean_nll"] - d["mean_nll"])
   print(json.dumps({"summary": summary}), flush=True)
   if args.out:
     with open(args.out + ".tmp", "w") as f:

@@ -18,6 +18,7 @@ Usage: PYTHONPATH=. python bench/train_step.py --out results.json [--batch 4] [-
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -52,9 +53,70 @@ _CATEGORIES = (  # (category, substrings of GPU kernel names), first match wins
 )
 
 
-def kernel_breakdown(trace_dir: str, steps: int) -> dict:
+_HLO_LINE = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?op_name="([^"]+)"')
+_HLO_CALLS = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?calls=%?([\w.\-]+)')
+_COMP_HEAD = re.compile(r'^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$')
+_LAYER = re.compile(r"^(lower|upper|layer|encoder)(?:_\d+)?$")
+_SUBLAYERS = ("attn", "gca", "mlp")
+
+
+def hlo_op_names(dump_dir: str) -> dict:
+  """{(hlo module, instruction): op_name} from the optimized HLO text XLA dumped under
+  `dump_dir` (--xla_dump_to ... --xla_dump_hlo_as_text): the jax source path of every kernel.
+  An instruction without metadata (some fusions) takes the first op_name of the computation it
+  calls."""
+  import glob
+  out = {}
+  for fn in glob.glob(os.path.join(dump_dir, "*after_optimizations.txt")):
+    with open(fn) as f:
+      lines = f.read().splitlines()
+    mod = lines[0].split()[1].rstrip(",") if lines and lines[0].startswith("HloModule") else ""
+    comp_op, comp, pending = {}, None, []
+    for line in lines:
+      head = _COMP_HEAD.match(line)
+      if head:
+        comp = head.group(1)
+        continue
+      m = _HLO_LINE.match(line)
+      if m:
+        out[(mod, m.group(1))] = m.group(2)
+        comp_op.setdefault(comp, m.group(2))
+        continue
+      m = _HLO_CALLS.match(line)
+      if m:
+        pending.append((m.group(1), m.group(2)))
+    for inst, callee in pending:
+      if callee in comp_op:
+        out[(mod, inst)] = comp_op[callee]
+  return out
+
+
+def scope_of(op_name: str) -> str:
+  """Model part of a jax op path: "<fwd|bwd> <layer kind>/<attn|gca|mlp|other>", "<fwd|bwd>
+  <top-level module>" (embed, mem_k, retriever_0, final_norm, ...) or "optimizer/other" for ops
+  outside the model (AdamW, clipping). "bwd" = under transpose(...), the backward pass."""
+  path = op_name.split(";")[0].split("/")
+  root = next((i for i, c in enumerate(path) if c.startswith(("jvp(", "transpose("))
+               and "(" in c), None)
+  if root is None:
+    return "optimizer/other"
+  phase = "bwd" if any(c.startswith("transpose(") for c in path) else "fwd"
+  rest = [c for c in path[root + 1:] if not c.startswith(("jvp(", "transpose(", "remat",
+                                                          "checkpoint", "jit(", "pjit("))]
+  if not rest:
+    return f"{phase} model/other"
+  m = _LAYER.match(rest[0])
+  if m:
+    kind = m.group(1)
+    sub = next((c for c in rest[1:3] if c in _SUBLAYERS), "other")
+    return f"{phase} {kind}/{sub}"
+  return f"{phase} {re.sub(r'_\d+$', '', rest[0])}"
+
+
+def kernel_breakdown(trace_dir: str, steps: int, dump_dir: str | None = None) -> dict:
   """GPU kernel time per step by category, from the perfetto trace `jax.profiler.trace` wrote
-  under `trace_dir`. Returns {category: ms per step, ..., "top": [[name, ms per step], ...]}."""
+  under `trace_dir`; with the HLO dump of the run, also by model part (`scope_of`). Returns
+  {category: ms per step, ..., "by_scope": {...}, "top": [[name, ms per step], ...]}."""
   import glob
   import gzip
   files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True))
@@ -66,7 +128,8 @@ def kernel_breakdown(trace_dir: str, steps: int) -> dict:
   pname = {e["pid"]: e.get("args", {}).get("name", "") for e in ev
            if e.get("ph") == "M" and e.get("name") == "process_name"}
   gpu = {p for p, n in pname.items() if "gpu" in n.lower() or "/device:" in n.lower()}
-  by_cat, by_name = {}, {}
+  ops = hlo_op_names(dump_dir) if dump_dir else {}
+  by_cat, by_name, by_scope = {}, {}, {}
   for e in ev:
     if e.get("ph") != "X" or e.get("pid") not in gpu:
       continue
@@ -75,14 +138,26 @@ def kernel_breakdown(trace_dir: str, steps: int) -> dict:
     cat = next((c for c, keys in _CATEGORIES if any(k in low for k in keys)), "other_fusions")
     by_cat[cat] = by_cat.get(cat, 0.0) + dur
     by_name[name] = by_name.get(name, 0.0) + dur
+    if ops:
+      a = e.get("args", {})
+      op = ops.get((a.get("hlo_module", ""), a.get("hlo_op", "")))
+      sc = scope_of(op) if op else "unmapped"
+      by_scope[sc] = by_scope.get(sc, 0.0) + dur
   out = {k: round(v, 3) for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])}
   out["total_kernel_ms"] = round(sum(by_cat.values()), 3)
+  if ops:
+    out["by_scope"] = {k: round(v, 3) for k, v in sorted(by_scope.items(), key=lambda kv: -kv[1])}
   out["top"] = [[n, round(v, 3)] for n, v in sorted(by_name.items(), key=lambda kv: -kv[1])[:15]]
   out["gpu_processes"] = sorted(pname[p] for p in gpu)
   return out
 
 
 def worker(name: str, batch: int, steps: int, seq_len: int, profile: str | None = None) -> dict:
+  dump = None
+  if profile:  # the optimized HLO text maps each kernel of the trace to its jax source path
+    dump = os.path.join(profile, name + "_hlo")
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={dump}"
+                               " --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*step.*")
   import jax
   import numpy as np
   from gca_jax import DRT
@@ -133,7 +208,7 @@ def worker(name: str, batch: int, steps: int, seq_len: int, profile: str | None 
       for _ in range(3):
         state, met = step(state, b)
       jax.block_until_ready(met["loss"])
-    prof = kernel_breakdown(tdir, 3)
+    prof = kernel_breakdown(tdir, 3, dump)
   dev = jax.devices()[0]
   kind = next((k for k in PEAK_BF16 if k in dev.device_kind), None)
   tok = batch * seq_len

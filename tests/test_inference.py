@@ -191,6 +191,36 @@ def test_host_memory_equals_device(segment_len):
   s.close()
 
 
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_host_memory_gather_write(threads):
+  """HostMemory (threaded gather into two alternating buffers, huge-page-advised buffer above
+  64 MiB, growth by doubling) returns exactly the rows numpy indexing returns, for bf16, B = 2,
+  duplicate and clipped indices, and counts its bytes."""
+  from gca_jax.inference.stream import HostMemory
+  rng = np.random.default_rng(threads)
+  h = HostMemory(2, 64, 128, jnp.bfloat16, capacity=3000, threads=threads)  # 96 MiB: mmap path
+  assert h.buf.nbytes == 2 * 3000 * 64 * 128 * 2
+  data = rng.standard_normal((2, 3100, 64, 128)).astype(jnp.bfloat16)
+  for c0 in range(0, 3100, 100):
+    h.write(c0, data[:, c0:c0 + 100])
+  assert h.buf.shape[1] == 4096  # grew past 3000 by doubling
+  outs = []
+  for _ in range(3):
+    idx = rng.integers(0, 3100, (2, 37)).astype(np.int32)
+    idx[0, :3] = idx[0, 3]       # duplicates in one row
+    idx[1, 5] = 4096 + 7         # beyond the buffer: clipped to the last row
+    g = h.gather(idx)
+    want = np.stack([h.buf[b][np.minimum(idx[b], 4095)] for b in range(2)])
+    np.testing.assert_array_equal(g.view(np.uint16), want.view(np.uint16))
+    np.testing.assert_array_equal(g[:, :5].view(np.uint16), data[np.arange(2)[:, None],
+                                                                idx[:, :5]].view(np.uint16))
+    outs.append(g)
+  assert outs[0] is not outs[1] and np.shares_memory(outs[0], outs[2])  # two buffers in turn
+  assert h.stats["gathers"] == 3 and h.stats["gather_bytes"] == 3 * 2 * 37 * 64 * 128 * 2
+  assert h.stats["write_bytes"] == data.nbytes
+  h.close()
+
 def test_memory_auto_and_sizes():
   from gca_jax.inference.stream import memory_bytes, resolve_memory
   cfg = small_cfg()

@@ -70,8 +70,12 @@ uses "device").
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import math
+import mmap
+import os
+import time
 from typing import Any
 
 import flax
@@ -171,17 +175,42 @@ _HOST: dict[int, "HostMemory"] = {}
 _HOST_IDS = itertools.count(1)
 
 
+def _host_zeros(shape, dtype) -> np.ndarray:
+  """A zeroed array in anonymous memory advised for transparent huge pages where the OS offers
+  them (fewer page faults and TLB misses for a buffer of tens of GiB read at random rows)."""
+  nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+  if nbytes < (64 << 20) or not hasattr(mmap, "MADV_HUGEPAGE"):
+    return np.zeros(shape, dtype)
+  m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+  try:
+    m.madvise(mmap.MADV_HUGEPAGE)
+  except OSError:
+    pass
+  return np.frombuffer(m, dtype).reshape(shape)
+
+
 class HostMemory:
   """Chunk memory (encoder outputs [B, M, S, d]) in host RAM, grown by doubling on write.
 
   The jitted step reaches it through `io_callback`s keyed by `key` (registered in a module-level
-  table, so the compiled step does not depend on which stream it serves). `close()` frees it."""
+  table, so the compiled step does not depend on which stream it serves). `close()` frees it.
+  Gathers are split over a thread pool (`threads`, default min(8, cores)): numpy's `take`
+  releases the GIL, so the copy runs at memory bandwidth rather than one core's. `stats` counts
+  the seconds and bytes spent in writes and gathers (the host path's overhead, see
+  bench/long_context.py)."""
 
-  def __init__(self, batch: int, chunk_size: int, d_model: int, dtype, capacity: int = 64):
+  def __init__(self, batch: int, chunk_size: int, d_model: int, dtype, capacity: int = 64,
+               threads: int | None = None):
     self.shape = (batch, chunk_size, d_model)
     self.dtype = np.dtype(dtype)
-    self.buf = np.zeros((batch, max(capacity, 1), chunk_size, d_model), self.dtype)
+    self.buf = _host_zeros((batch, max(capacity, 1), chunk_size, d_model), self.dtype)
     self.key = next(_HOST_IDS)
+    self.threads = max(1, threads or min(8, os.cpu_count() or 1))
+    self._pool = (concurrent.futures.ThreadPoolExecutor(self.threads, "gca-host")
+                  if self.threads > 1 else None)
+    self.stats = {"write_s": 0.0, "write_bytes": 0, "gather_s": 0.0, "gather_bytes": 0,
+                  "gathers": 0}
+    self._ring: dict = {}
     _HOST[self.key] = self
 
   @property
@@ -189,22 +218,54 @@ class HostMemory:
     return self.buf.nbytes
 
   def write(self, c0, enc_BxNxSxd) -> None:
+    t0 = time.perf_counter()
     c0 = int(c0)
     n = enc_BxNxSxd.shape[1]
     if c0 + n > self.buf.shape[1]:
       cap = 1 << math.ceil(math.log2(c0 + n))
-      new = np.zeros((self.buf.shape[0], cap) + self.buf.shape[2:], self.dtype)
+      new = _host_zeros((self.buf.shape[0], cap) + self.buf.shape[2:], self.dtype)
       new[:, :self.buf.shape[1]] = self.buf
       self.buf = new
-    self._raw(self.buf)[:, c0:c0 + n] = self._raw(np.asarray(enc_BxNxSxd, self.dtype))
+    src = np.asarray(enc_BxNxSxd, self.dtype)
+    self._raw(self.buf)[:, c0:c0 + n] = self._raw(src)
+    self.stats["write_s"] += time.perf_counter() - t0
+    self.stats["write_bytes"] += src.nbytes
 
   def gather(self, idx_BxN):
     """Rows idx [B, N] -> [B, N, S, d]. Copies through an unsigned-int view (numpy's fancy
-    indexing of ml_dtypes' bfloat16 is ~8x slower than of uint16)."""
-    idx = np.minimum(np.asarray(idx_BxN), self.buf.shape[1] - 1)
+    indexing of ml_dtypes' bfloat16 is ~8x slower than of uint16), in `threads` pieces."""
+    t0 = time.perf_counter()
+    idx = np.asarray(idx_BxN)
     raw = self._raw(self.buf)
-    out = np.stack([np.take(raw[b], idx[b], axis=0) for b in range(idx.shape[0])])
+    B, N = idx.shape
+    out = self._out_buffer((B, N) + raw.shape[2:], raw.dtype)
+    step = -(-N // self.threads)
+    pieces = [(b, i, min(i + step, N)) for b in range(B) for i in range(0, N, step)]
+
+    def take(piece):
+      b, i, j = piece
+      np.take(raw[b], idx[b, i:j], axis=0, out=out[b, i:j], mode="clip")  # unbuffered
+
+    if self._pool is None or len(pieces) == 1:
+      for piece in pieces:
+        take(piece)
+    else:
+      list(self._pool.map(take, pieces))
+    self.stats["gather_s"] += time.perf_counter() - t0
+    self.stats["gather_bytes"] += out.nbytes
+    self.stats["gathers"] += 1
     return out.view(self.dtype)
+
+  def _out_buffer(self, shape, dtype):
+    """One of two preallocated gather outputs per shape, used in turn. A fresh 100 MB array
+    per gather costs as much in page faults as the copy itself. Two are enough: the callback's
+    result is copied to the device before the next callback of the step sequence runs (a GPU
+    host callback first synchronises its stream to read its inputs), so the buffer handed out
+    two gathers ago is no longer read."""
+    key = (tuple(shape), np.dtype(dtype))
+    ring = self._ring.setdefault(key, [np.empty(shape, dtype), np.empty(shape, dtype), 0])
+    ring[2] ^= 1
+    return ring[ring[2]]
 
   @staticmethod
   def _raw(x):
@@ -213,6 +274,10 @@ class HostMemory:
   def close(self) -> None:
     _HOST.pop(self.key, None)
     self.buf = np.zeros((0,) + self.buf.shape[1:], self.dtype)
+    self._ring = {}
+    if self._pool is not None:
+      self._pool.shutdown(wait=False)
+      self._pool = None
 
 
 def _host_write(key, c0, enc):
