@@ -71,6 +71,7 @@ uses "device").
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import itertools
 import math
 import mmap
@@ -189,6 +190,49 @@ def _host_zeros(shape, dtype) -> np.ndarray:
   return np.frombuffer(m, dtype).reshape(shape)
 
 
+_CUDART: list = []
+
+
+def _cudart():
+  """The CUDA runtime library jax loaded (ctypes), or None (no GPU backend or not found)."""
+  if not _CUDART:
+    lib = None
+    if jax.default_backend() == "gpu":
+      names = ["libcudart.so.12", "libcudart.so.13", "libcudart.so"]
+      try:
+        import nvidia.cuda_runtime as m  # the pip CUDA runtime jax's plugin uses
+        names += [os.path.join(d, "lib", n) for d in m.__path__ for n in list(names)]
+      except ImportError:
+        pass
+      for n in names:
+        try:
+          lib = ctypes.CDLL(n)
+          break
+        except OSError:
+          continue
+    _CUDART.append(lib)
+  return _CUDART[0]
+
+
+def cuda_host_register(a: np.ndarray) -> bool:
+  """Page-locks the memory of the C-contiguous array `a` for every CUDA device
+  (cudaHostRegister, portable), so host <-> device copies of it run as DMA instead of through
+  staging buffers. Returns False (and does nothing) without a CUDA runtime; the caller must
+  `cuda_host_unregister(a)` before `a`'s memory is freed."""
+  lib = _cudart()
+  if lib is None or a.nbytes == 0 or not a.flags.c_contiguous:
+    return False
+  rc = lib.cudaHostRegister(ctypes.c_void_p(a.ctypes.data), ctypes.c_size_t(a.nbytes),
+                            ctypes.c_uint(1))
+  return rc == 0
+
+
+def cuda_host_unregister(a: np.ndarray) -> None:
+  lib = _cudart()
+  if lib is not None:
+    lib.cudaHostUnregister(ctypes.c_void_p(a.ctypes.data))
+
+
 class HostMemory:
   """Chunk memory (encoder outputs [B, M, S, d]) in host RAM, grown by doubling on write.
 
@@ -211,6 +255,7 @@ class HostMemory:
     self.stats = {"write_s": 0.0, "write_bytes": 0, "gather_s": 0.0, "gather_bytes": 0,
                   "gathers": 0}
     self._ring: dict = {}
+    self._pinned: list = []
     _HOST[self.key] = self
 
   @property
@@ -257,13 +302,20 @@ class HostMemory:
     return out.view(self.dtype)
 
   def _out_buffer(self, shape, dtype):
-    """One of two preallocated gather outputs per shape, used in turn. A fresh 100 MB array
-    per gather costs as much in page faults as the copy itself. Two are enough: the callback's
-    result is copied to the device before the next callback of the step sequence runs (a GPU
-    host callback first synchronises its stream to read its inputs), so the buffer handed out
-    two gathers ago is no longer read."""
+    """One of two preallocated gather outputs per shape, used in turn, page-locked on a CUDA
+    backend (`cuda_host_register`, so the callback's host -> device copy is a DMA). A fresh
+    100 MB array per gather costs as much in page faults as the copy itself. Two are enough:
+    the callback's result is copied to the device before the next callback of the step
+    sequence runs (a GPU host callback first synchronises its stream to read its inputs), so
+    the buffer handed out two gathers ago is no longer read."""
     key = (tuple(shape), np.dtype(dtype))
-    ring = self._ring.setdefault(key, [np.empty(shape, dtype), np.empty(shape, dtype), 0])
+    ring = self._ring.get(key)
+    if ring is None:
+      ring = self._ring[key] = [_host_zeros(shape, dtype), _host_zeros(shape, dtype), 0]
+      for a in ring[:2]:
+        if cuda_host_register(a):
+          self._pinned.append(a)
+      self.stats["pinned_buffers"] = len(self._pinned)
     ring[2] ^= 1
     return ring[ring[2]]
 
@@ -274,7 +326,9 @@ class HostMemory:
   def close(self) -> None:
     _HOST.pop(self.key, None)
     self.buf = np.zeros((0,) + self.buf.shape[1:], self.dtype)
-    self._ring = {}
+    for a in self._pinned:
+      cuda_host_unregister(a)
+    self._pinned, self._ring = [], {}
     if self._pool is not None:
       self._pool.shutdown(wait=False)
       self._pool = None
