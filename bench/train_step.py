@@ -129,7 +129,11 @@ def kernel_breakdown(trace_dir: str, steps: int, dump_dir: str | None = None) ->
            if e.get("ph") == "M" and e.get("name") == "process_name"}
   gpu = {p for p, n in pname.items() if "gpu" in n.lower() or "/device:" in n.lower()}
   ops = hlo_op_names(dump_dir) if dump_dir else {}
-  by_cat, by_name, by_scope = {}, {}, {}
+  by_inst = {}  # instruction name alone (and with "_" for ".") when the module name differs
+  for (mod, inst), op in ops.items():
+    by_inst.setdefault(inst, op)
+    by_inst.setdefault(inst.replace(".", "_"), op)
+  by_cat, by_name, by_scope, unmapped = {}, {}, {}, []
   for e in ev:
     if e.get("ph") != "X" or e.get("pid") not in gpu:
       continue
@@ -140,13 +144,18 @@ def kernel_breakdown(trace_dir: str, steps: int, dump_dir: str | None = None) ->
     by_name[name] = by_name.get(name, 0.0) + dur
     if ops:
       a = e.get("args", {})
-      op = ops.get((a.get("hlo_module", ""), a.get("hlo_op", "")))
+      op = (ops.get((a.get("hlo_module", ""), a.get("hlo_op", ""))) or by_inst.get(a.get("hlo_op"))
+            or by_inst.get(name))
       sc = scope_of(op) if op else "unmapped"
+      if not op and len(unmapped) < 5:
+        unmapped.append({"name": name, "args": a})
       by_scope[sc] = by_scope.get(sc, 0.0) + dur
   out = {k: round(v, 3) for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])}
   out["total_kernel_ms"] = round(sum(by_cat.values()), 3)
   if ops:
     out["by_scope"] = {k: round(v, 3) for k, v in sorted(by_scope.items(), key=lambda kv: -kv[1])}
+    out["hlo_modules"] = sorted({m for m, _ in ops})
+    out["unmapped_sample"] = unmapped
   out["top"] = [[n, round(v, 3)] for n, v in sorted(by_name.items(), key=lambda kv: -kv[1])[:15]]
   out["gpu_processes"] = sorted(pname[p] for p in gpu)
   return out
