@@ -187,3 +187,31 @@ def test_config_roundtrip_and_unknown_field():
   assert DRTConfig.from_dict(cfg.to_dict()) == cfg
   with pytest.raises(ConfigError, match="unknown field"):
     DRTConfig.from_dict({**cfg.to_dict(), "widht": 3})
+
+
+def test_tied_head_gradients():
+  """`tied_head`: float32 logits; gradients equal plain autodiff in float32 and stay within bf16
+  tolerance of it with bf16 inputs (the logit gradient rounded to bf16 before the matmuls)."""
+  from gca_jax.models.drt import tied_head
+  k1, k2, k3 = jax.random.split(jax.random.key(7), 3)
+  h = jax.random.normal(k1, (2, 37, 48), jnp.float32)
+  emb = jax.random.normal(k2, (101, 48), jnp.float32) * 0.1
+  w = jax.random.normal(k3, (2, 37, 101), jnp.float32)
+  plain = lambda h, e: jnp.einsum("btd,vd->btv", h, e.astype(h.dtype),
+                                  preferred_element_type=jnp.float32)
+  loss = lambda f: (lambda h, e: jnp.sum(jax.nn.log_softmax(f(h, e)) * w))
+  ref = jax.grad(loss(plain), argnums=(0, 1))(h, emb)
+  got = jax.grad(loss(tied_head), argnums=(0, 1))(h, emb)
+  for r, g in zip(ref, got):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-5, atol=1e-6)
+  hb = h.astype(jnp.bfloat16)
+  lb = tied_head(hb, emb)
+  assert lb.dtype == jnp.float32
+  np.testing.assert_array_equal(np.asarray(lb), np.asarray(plain(hb, emb)))
+  gb = jax.grad(loss(tied_head), argnums=(0, 1))(hb, emb)
+  assert gb[0].dtype == jnp.bfloat16 and gb[1].dtype == jnp.float32
+  ref_b = jax.grad(loss(plain), argnums=(0, 1))(hb.astype(jnp.float32), emb)
+  for r, g in zip(ref_b, gb):
+    r, g = np.asarray(r, np.float32), np.asarray(g, np.float32)
+    rel = np.linalg.norm(g - r) / np.linalg.norm(r)
+    assert np.isfinite(rel) and rel < 2e-2, rel

@@ -34,6 +34,33 @@ def remove_landmarks(y_BxNxF, text_per_chunk: int, T: int):
   return y_BxNxF.reshape(B, N // S, S, F)[:, :, :text_per_chunk].reshape(B, -1, F)[:, :T]
 
 
+@jax.custom_vjp
+def tied_head(h_BxTxd, emb_Vxd):
+  """Logits float32 [B,T,V] = h · embᵀ, inputs in h's dtype with float32 accumulation.
+
+  The backward rounds the logit gradient to h's dtype before its two matmuls (dh = g·emb,
+  demb = gᵀ·h), as the forward rounds its inputs; plain autodiff would run them on the float32
+  gradient (TF32 GEMMs on GPU, 2.4x the time of the bf16 ones: 22 of a 209 ms drt_128m step,
+  docs/benchmarks.md §4). With float32 compute both are plain float32."""
+  return _head_fwd(h_BxTxd, emb_Vxd)[0]
+
+
+def _head_fwd(h, emb):
+  logits = jnp.einsum("btd,vd->btv", h, emb.astype(h.dtype), preferred_element_type=jnp.float32)
+  return logits, (h, emb)
+
+
+def _head_bwd(res, g_BxTxV):
+  h, emb = res
+  g = g_BxTxV.astype(h.dtype)
+  dh = jnp.einsum("btv,vd->btd", g, emb.astype(h.dtype), preferred_element_type=jnp.float32)
+  demb = jnp.einsum("btv,btd->vd", g, h, preferred_element_type=jnp.float32)
+  return dh.astype(h.dtype), demb.astype(emb.dtype)
+
+
+tied_head.defvjp(_head_fwd, _head_bwd)
+
+
 class DRT(nn.Module):
   """DRT language model; `config.model_kind` also selects the SWA-only / full-attention / Landmark
   Attention baselines ("landmark": landmarks inserted as below, `num_layers` plain blocks with the
@@ -126,9 +153,8 @@ class DRT(nn.Module):
     return self._head(remove_landmarks(h, L, T), emb)
 
   def _head(self, h_BxTxd, emb_Vxd):
-    """Tied LM head, float32 logits."""
-    logits = jnp.einsum("btd,vd->btv", h_BxTxd, emb_Vxd.astype(h_BxTxd.dtype),
-                        preferred_element_type=jnp.float32)
+    """Tied LM head, float32 logits (`tied_head`)."""
+    logits = tied_head(h_BxTxd, emb_Vxd)
     return nn.with_logical_constraint(logits, ("batch", "act_length", "act_vocab"))
 
 
