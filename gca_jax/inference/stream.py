@@ -38,10 +38,6 @@ serves every segment of a stream):
   "host_key" int32 []                   (memory="host" only, replaces "enc") the id of the
                                         host-resident chunk memory (a numpy buffer, see
                                         `HostMemory`).
-  "host_new" [B, NC, S, d] dt           (memory="host" only) the encoder outputs of the step's
-                                        chunk rows (NC = ceil(P/63)), for the caller to write
-                                        into the host memory at the step's starting "count"
-                                        before the next step (`DRTStream.feed` does).
   "ret_idx" int32 [G, B, K], "ret_w" f32 [G, B, K]
                                         per retrieval group, the retrieval made at the last
                                         landmark seen; it serves the chunk after it (the c -> c+1
@@ -64,12 +60,10 @@ Memory capacity: `init_state(..., capacity)` preallocates M chunks (rounded up t
 capacities, one recompilation per doubling) when it would overflow.
 
 Memory placement (`memory=`): "device" keeps "enc" in device memory (doubling, donated: a step
-updates it in place). "host" keeps it in a numpy buffer in host RAM (`HostMemory`): the step
-fetches only the selected chunks of earlier segments (at most (NC+1)*top_k per retrieval group
-and segment) through an ordered `io_callback` into page-locked buffers, takes chunks of its own
-segment from its encoder output, and hands its new chunks back in the state ("host_new"), which
-`DRTStream.feed` copies to the host through page-locked memory (`to_host`) and writes before the
-next step. Device memory does not grow with the stream (except the landmark keys). "auto" picks "device" when the whole stream's memory fits in
+updates it in place). "host" keeps it in a numpy buffer in host RAM: the step writes the new
+chunks there and fetches only the selected ones (at most (NC+1)*top_k chunks per retrieval group
+and segment) through ordered `io_callback`s, so device memory does not grow with the stream
+(except the landmark keys). "auto" picks "device" when the whole stream's memory fits in
 `auto_fraction` of the device's free memory, else "host" (a `DRTStream` without a known length
 uses "device").
 """
@@ -118,14 +112,11 @@ def _round_up(x: int, m: int) -> int:
 
 
 def init_state(config: DRTConfig, batch: int, capacity: int, *, mem_block: int = 4096,
-               start_position: int = 0, host_key: int | None = None,
-               host_rows: int = 1) -> State:
+               start_position: int = 0, host_key: int | None = None) -> State:
   """Empty stream state with room for `capacity` chunks (rounded up to a multiple of the
   effective memory block, see `effective_mem_block`). `start_position` (a multiple of chunk_size)
   only sets the bookkeeping counter "pos": results do not depend on it (relative RoPE).
-  `host_key`: id of a `HostMemory` holding the chunk memory on the host (no "enc" on device);
-  `host_rows` (with it): the chunk rows a step produces, ceil(segment_len / 63), the shape of
-  "host_new"."""
+  `host_key`: id of a `HostMemory` holding the chunk memory on the host (no "enc" on device)."""
   cfg = config
   _check_config(cfg)
   if start_position % cfg.chunk_size:
@@ -153,7 +144,6 @@ def init_state(config: DRTConfig, batch: int, capacity: int, *, mem_block: int =
     state["enc"] = jnp.zeros((batch, M, S, d), dt)
   else:
     state["host_key"] = jnp.asarray(host_key, jnp.int32)
-    state["host_new"] = jnp.zeros((batch, host_rows, S, d), dt)
   return state
 
 
@@ -344,26 +334,12 @@ class HostMemory:
       self._pool = None
 
 
+def _host_write(key, c0, enc):
+  _HOST[int(key)].write(c0, enc)
+
+
 def _host_gather(key, idx):
   return _HOST[int(key)].gather(idx)
-
-
-_PINNED_OK: list = []
-
-
-def to_host(x: jax.Array) -> np.ndarray:
-  """`x` as a numpy array, copied device -> host through page-locked memory (a DMA at tens of
-  GB/s; a plain device_get of a device array stages through pageable memory at ~1 GB/s on the
-  GPU machines of docs/benchmarks.md), or directly where that memory kind is unavailable."""
-  if not _PINNED_OK:
-    try:
-      np.asarray(jax.device_put(jnp.zeros((2,)), x.sharding.with_memory_kind("pinned_host")))
-      _PINNED_OK.append(True)
-    except Exception:  # noqa: BLE001  (backends or shardings without a pinned_host memory)
-      _PINNED_OK.append(False)
-  if _PINNED_OK[0] and x.sharding.memory_kind != "pinned_host":
-    x = jax.device_put(x, x.sharding.with_memory_kind("pinned_host"))
-  return np.asarray(x)
 
 
 def device_free_bytes(device=None) -> int | None:
@@ -596,7 +572,9 @@ def _segment_step(params, state: State, tokens_BxP, targets_BxP, select_Q, *, co
   host = "host_key" in state
   enc = enc.astype(dt)
   lmk_buf = jax.lax.dynamic_update_slice_in_dim(state["lmk"], enc[:, :, S - 1], c0, 1)
-  if not host:
+  if host:
+    io_callback(_host_write, None, state["host_key"], c0, enc, ordered=True)
+  else:
     enc_buf = jax.lax.dynamic_update_slice_in_dim(state["enc"], enc, c0, 1)
   sink = (jnp.arange(S) < S - 1)[None, None, :, None, None]
   K = cfg.top_k
@@ -608,13 +586,8 @@ def _segment_step(params, state: State, tokens_BxP, targets_BxP, select_Q, *, co
     """The selected chunks' memory K/V [B, (NC+1)*K, S, H, Dh] (gathered, then projected)."""
     flat = sidx_BxNxK.reshape(B, n_sel)
     if host:
-      # chunks of earlier segments from the host buffer; this segment's own chunks (not yet
-      # written there: the driver writes them after the step) straight from `enc`
       g = io_callback(_host_gather, jax.ShapeDtypeStruct((B, n_sel, S, d), dt),
                       state["host_key"], flat, ordered=True)
-      fresh = flat >= c0
-      g_new = jax.vmap(lambda e, i: jnp.take(e, i, axis=0))(enc, jnp.clip(flat - c0, 0, NC - 1))
-      g = jnp.where(fresh[:, :, None, None], g_new, g)
     else:
       g = jax.vmap(lambda e, i: jnp.take(e, i, axis=0))(enc_buf, flat)
     km = jnp.where(sink, _dense(params["mem_k"], g, dt).reshape(B, n_sel, S, H, Dh), 0)
@@ -677,7 +650,6 @@ def _segment_step(params, state: State, tokens_BxP, targets_BxP, select_Q, *, co
   }
   if host:
     new_state["host_key"] = state["host_key"]
-    new_state["host_new"] = enc
   else:
     new_state["enc"] = enc_buf
   return new_state, nll, sel
@@ -734,8 +706,7 @@ class DRTStream:
                              jnp.dtype(dtype_of(config.dtype)), capacity)
     self.state = init_state(config, batch, capacity, mem_block=mem_block,
                             start_position=start_position,
-                            host_key=None if self.host is None else self.host.key,
-                            host_rows=self.n)
+                            host_key=None if self.host is None else self.host.key)
     self.n_text = 0  # host mirror of state["n_text"]
 
   def close(self) -> None:
@@ -762,12 +733,9 @@ class DRTStream:
     if need > M:
       self.state = grow_state(self.state, 1 << math.ceil(math.log2(need)), mem_block=self.mem_block)
     sel = jnp.zeros((0,), jnp.int32) if select is None else jnp.asarray(select, jnp.int32)
-    c0 = self.n_text // self.config.text_per_chunk
     self.state, nll, lp = segment_step(self.params, self.state, tokens, targets, sel,
                                        config=self.config, mem_block=self.mem_block,
                                        n_select=int(sel.shape[0]), swa_block=self.swa_block)
-    if self.host is not None:  # this segment's chunks, before the next step gathers from them
-      self.host.write(c0, to_host(self.state["host_new"]))
     self.n_text += self.segment_len
     return nll if select is None else (nll, lp)
 
