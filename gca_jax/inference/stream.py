@@ -354,9 +354,11 @@ def device_free_bytes(device=None) -> int | None:
   return int(st["bytes_limit"]) - int(st.get("bytes_in_use", 0))
 
 
-def memory_bytes(config: DRTConfig, batch: int, n_text: int) -> dict[str, int]:
-  """Bytes of the chunk memory ("enc") and landmark keys for a stream of `n_text` text tokens."""
-  chunks = -(-n_text // config.text_per_chunk) + 1
+def memory_bytes(config: DRTConfig, batch: int, n_text: int, extra_chunks: int = 1
+                 ) -> dict[str, int]:
+  """Bytes of the chunk memory ("enc") and landmark keys for a stream of `n_text` text tokens:
+  ceil(n_text / 63) chunks plus `extra_chunks` (the scratch rows of the last segment)."""
+  chunks = -(-n_text // config.text_per_chunk) + extra_chunks
   b = jnp.dtype(dtype_of(config.dtype)).itemsize
   return {"enc": batch * chunks * config.chunk_size * config.d_model * b,
           "lmk": batch * chunks * config.d_model * b}

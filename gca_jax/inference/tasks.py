@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gca_jax.config import DRTConfig
+from gca_jax.inference.stream import memory_bytes, resolve_memory
 
 KINDS = ("single", "multikey", "2hop")
 FORMATS = ("official", "landmark")
@@ -151,10 +152,10 @@ def estimate_memory(config: DRTConfig, batch: int, length: int, *, segment_len: 
   else:
     P = int(segment_len or _default_segment(cfg))
     chunks = -(-T // tpc) + -(-P // tpc)
+    mem = memory_bytes(cfg, B, T, extra_chunks=-(-P // tpc))
     if engine == "stream":
-      kv = B * chunks * S * d * b  # the engine stores encoder outputs (Kmem/Vmem projected per use)
+      kv = mem["enc"]  # the engine stores encoder outputs (Kmem/Vmem projected per use)
       if memory == "auto":
-        from gca_jax.inference.stream import resolve_memory
         memory = resolve_memory("auto", cfg, B, chunks * tpc)
     elif cfg.model_kind == "landmark":
       kv = B * (chunks * S) * 2 * H * Dh * b * n_layers
@@ -164,7 +165,7 @@ def estimate_memory(config: DRTConfig, batch: int, length: int, *, segment_len: 
       host += kv  # reported as "host", not in the device parts
     else:
       parts["chunk_memory"] = kv
-    parts["landmark_keys"] = B * chunks * d * b if engine == "stream" else 0
+    parts["landmark_keys"] = mem["lmk"] if engine == "stream" else 0
     parts["window_caches"] = n_layers * B * max(W - 1, 0) * 2 * H * Dh * b
     rows = P + -(-P // tpc)
     parts["segment_activations"] = B * rows * (d * 24 + H * (max(256, W) + W) * 2) * f32
