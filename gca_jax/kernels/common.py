@@ -27,6 +27,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 INT32_MAX = 2**31 - 1
 
@@ -189,7 +190,7 @@ def random_retrieval(key, B: int, C: int, M: int, K: int, *, causal: bool = True
 
 def lse_custom_vjp(fwd, bwd):
   """The custom_vjp shared by both kernels: `fwd(q,k,v,idx,w,cfg) -> (o, lse)` saves only the
-  per-slot log-sum-exp; `bwd(q,k,v,idx,w,lse,do,cfg) -> (dq,dk,dv,dw)`. `cfg` is a hashable tuple
+  per-slot log-sum-exp (o and lse carry the checkpoint names "gca_o", "gca_lse"); `bwd(q,k,v,idx,w,lse,do,cfg) -> (dq,dk,dv,dw)`. `cfg` is a hashable tuple
   of (name, value) pairs (non-differentiable); indices get no cotangent."""
   @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
   def gca(q, k, v, idx, w, cfg):
@@ -197,6 +198,8 @@ def lse_custom_vjp(fwd, bwd):
 
   def gca_fwd(q, k, v, idx, w, cfg):
     o, lse = fwd(q, k, v, idx, w, dict(cfg))
+    # named for remat policies (the model's remat="block" saves them: no kernel recompute)
+    o, lse = checkpoint_name(o, "gca_o"), checkpoint_name(lse, "gca_lse")
     return o, (q, k, v, idx, w, lse)
 
   def gca_bwd(cfg, res, do):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import flax.linen as nn
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 
 from gca_jax.layers.common import Dense, Dtype, RMSNorm
@@ -32,7 +33,7 @@ class GroupedCrossAttention(nn.Module):
     h = RMSNorm(self.eps, self.dtype, self.param_dtype, name="norm")(x_BxCxSxd) if self.use_norm \
         else x_BxCxSxd
     q = Dense(self.num_heads * self.head_dim, ("embed", "heads"), name="q_proj", **kw)(h)
-    q = q.reshape(B, C, S, self.num_heads, self.head_dim)
+    q = checkpoint_name(q.reshape(B, C, S, self.num_heads, self.head_dim), "gca_q")
     o = grouped_cross_attention(q, k_mem.astype(self.dtype), v_mem.astype(self.dtype), indices_BxCxK,
                                 weights_BxCxK, impl=self.impl)
     o = nn.with_logical_constraint(o.reshape(B, C, S, self.num_heads * self.head_dim),

@@ -34,6 +34,9 @@ def remove_landmarks(y_BxNxF, text_per_chunk: int, T: int):
   return y_BxNxF.reshape(B, N // S, S, F)[:, :, :text_per_chunk].reshape(B, -1, F)[:, :T]
 
 
+GCA_SAVED = ("gca_q", "gca_o", "gca_lse")
+
+
 @jax.custom_vjp
 def tied_head(h_BxTxd, emb_Vxd):
   """Logits float32 [B,T,V] = h · embᵀ, inputs in h's dtype with float32 accumulation.
@@ -76,7 +79,12 @@ class DRT(nn.Module):
   config: DRTConfig
 
   def _block_cls(self, cls):
-    return nn.remat(cls) if self.config.remat == "block" else cls
+    """remat="block": each block is recomputed in the backward pass, except the GCA kernel's
+    query, output and log-sum-exp ("gca_q", "gca_o", "gca_lse"), which are saved (3 [B,T,d]-sized
+    arrays per upper layer) so the GCA forward kernel runs once per step, not twice."""
+    if self.config.remat != "block":
+      return cls
+    return nn.remat(cls, policy=jax.checkpoint_policies.save_only_these_names(*GCA_SAVED))
 
   @nn.compact
   def __call__(self, tokens_BxT, *, train: bool = False, embeddings_BxTxd=None):
