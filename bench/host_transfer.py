@@ -9,17 +9,15 @@ This measures each way of doing that, in one process, on the default device:
   - `callback_h2d_pinned`  the same with the returned array page-locked (cudaHostRegister)
   - `callback_d2h`      a jitted function passing a device array to an io_callback
   - `numpy_copy`        one host memcpy of the same bytes (the host's own bandwidth)
-Each: median of `--iters` after 2 warm-ups, ms and GB/s.
+Each: median of `--iters` after 2 warm-ups (`bench/_timing.timeit`), ms and GB/s.
 
 Usage: PYTHONPATH=. python bench/host_transfer.py --out host_transfer.json [--mb 101] [--iters 10]
 """
 
 import argparse
-import ctypes
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -28,18 +26,13 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.experimental import io_callback  # noqa: E402
 
+from _timing import timeit  # noqa: E402
 from gca_jax.inference.stream import cuda_host_register  # noqa: E402
 
 
 def timed(f, iters):
-  for _ in range(2):
-    jax.block_until_ready(f())
-  ts = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    jax.block_until_ready(f())
-    ts.append(time.perf_counter() - t0)
-  return sorted(ts)[len(ts) // 2]
+  """Median seconds of `f()` (the shared bench timer, 2 warm-ups)."""
+  return timeit(f, (), iters, warmup=2)["median_ms"] / 1e3
 
 
 def main():

@@ -80,7 +80,8 @@ def worker(length: int, memory: str, segment_len: int, mem_block: int, config: s
   host = {}
   if s.host is not None:
     st = s.host.stats
-    host = dict(host_threads=s.host.threads, host_pinned_buffers=st.get("pinned_buffers", 0), host_gather_s=round(st["gather_s"], 2),
+    host = dict(host_threads=s.host.threads, host_pinned_buffers=st.get("pinned_buffers", 0),
+                host_gather_s=round(st["gather_s"], 2),
                 host_gather_GBps=round(st["gather_bytes"] / max(st["gather_s"], 1e-9) / 1e9, 2),
                 host_write_s=round(st["write_s"], 2),
                 host_write_GBps=round(st["write_bytes"] / max(st["write_s"], 1e-9) / 1e9, 2))

@@ -96,8 +96,7 @@ def scope_of(op_name: str) -> str:
   <top-level module>" (embed, mem_k, retriever_0, final_norm, ...) or "optimizer/other" for ops
   outside the model (AdamW, clipping). "bwd" = under transpose(...), the backward pass."""
   path = op_name.split(";")[0].split("/")
-  root = next((i for i, c in enumerate(path) if c.startswith(("jvp(", "transpose("))
-               and "(" in c), None)
+  root = next((i for i, c in enumerate(path) if c.startswith(("jvp(", "transpose("))), None)
   if root is None:
     return "optimizer/other"
   phase = "bwd" if any(c.startswith("transpose(") for c in path) else "fwd"

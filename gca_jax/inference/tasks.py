@@ -151,8 +151,9 @@ def estimate_memory(config: DRTConfig, batch: int, length: int, *, segment_len: 
         else 0
   else:
     P = int(segment_len or _default_segment(cfg))
-    chunks = -(-T // tpc) + -(-P // tpc)
-    mem = memory_bytes(cfg, B, T, extra_chunks=-(-P // tpc))
+    seg_chunks = -(-P // tpc)
+    chunks = -(-T // tpc) + seg_chunks
+    mem = memory_bytes(cfg, B, T, extra_chunks=seg_chunks)
     if engine == "stream":
       kv = mem["enc"]  # the engine stores encoder outputs (Kmem/Vmem projected per use)
       if memory == "auto":

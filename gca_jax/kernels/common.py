@@ -190,8 +190,9 @@ def random_retrieval(key, B: int, C: int, M: int, K: int, *, causal: bool = True
 
 def lse_custom_vjp(fwd, bwd):
   """The custom_vjp shared by both kernels: `fwd(q,k,v,idx,w,cfg) -> (o, lse)` saves only the
-  per-slot log-sum-exp (o and lse carry the checkpoint names "gca_o", "gca_lse"); `bwd(q,k,v,idx,w,lse,do,cfg) -> (dq,dk,dv,dw)`. `cfg` is a hashable tuple
-  of (name, value) pairs (non-differentiable); indices get no cotangent."""
+  per-slot log-sum-exp (o and lse carry the checkpoint names "gca_o", "gca_lse");
+  `bwd(q,k,v,idx,w,lse,do,cfg) -> (dq,dk,dv,dw)`. `cfg` is a hashable tuple of (name, value)
+  pairs (non-differentiable); indices get no cotangent."""
   @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
   def gca(q, k, v, idx, w, cfg):
     return fwd(q, k, v, idx, w, dict(cfg))[0]
