@@ -5,6 +5,7 @@ f32 params, remat as in the config) on random tokens, each model in its own proc
 step time, tokens/s and MFU. Models (configs/*.py, seq_len 16128 = 256 chunks of 63):
   drt        configs/drt_128m.py (gca_impl auto: the Pallas kernel on GPU)
   drt_xla    the same with gca_impl="xla" (gathered-copy reference)
+  drt_remat_full  the same with remat="full" (the GCA forward kernel recomputed in the backward)
   swa        configs/swa_128m.py with baseline_extra_layers=0 (same depth as DRT's decoder: 12)
   swa_p2     configs/swa_128m.py as shipped (+2 layers, the paper's base LM)
   full       configs/full_128m.py with baseline_extra_layers=0 (cuDNN causal attention)
@@ -24,7 +25,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MODELS = ("drt", "drt_xla", "swa", "swa_p2", "full")
+MODELS = ("drt", "drt_xla", "drt_remat_full", "swa", "swa_p2", "full")
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12}
 
 
@@ -178,11 +179,14 @@ def worker(name: str, batch: int, steps: int, seq_len: int, profile: str | None 
   from gca_jax.train.run_config import model_config
   from gca_jax.train.state import batch_shardings, param_count
   import importlib
-  cfg_name = {"drt": "drt_128m", "drt_xla": "drt_128m", "swa": "swa_128m", "swa_p2": "swa_128m",
+  cfg_name = {"drt": "drt_128m", "drt_xla": "drt_128m", "drt_remat_full": "drt_128m",
+              "swa": "swa_128m", "swa_p2": "swa_128m",
               "full": "full_128m"}[name]
   config = importlib.import_module(f"configs.{cfg_name}").get_config()
   if name == "drt_xla":
     config.model.gca_impl = "xla"
+  if name == "drt_remat_full":
+    config.model.remat = "full"
   if name in ("swa", "full"):
     config.model.baseline_extra_layers = 0
   cfg = model_config(config)

@@ -35,7 +35,8 @@ class DRTConfig:
   gca_residual: "official" = `h1 + MLP(norm(h1 + GCA(h1)))` (SPEC §2.4, default);
     "standard" = `h2 = h1 + GCA(h1); h2 + MLP(norm(h2))`.
   dtype: compute dtype of activations and matmuls; param_dtype: storage dtype of params.
-  remat: rematerialise each block in the backward pass ("none" | "block").
+  remat: "none"; "block" (each block recomputed in the backward pass except the GCA kernel's
+    q / output / log-sum-exp); "full" (each block recomputed whole: the least memory).
   The landmark token has id `vocab_size` (its own embedding row); logits cover `vocab_size`.
   """
 
@@ -110,8 +111,8 @@ class DRTConfig:
       self._fail("dtype", f"must be one of {DTYPES}")
     if self.param_dtype not in DTYPES:
       self._fail("param_dtype", f"must be one of {DTYPES}")
-    if self.remat not in ("none", "block"):
-      self._fail("remat", "must be 'none' or 'block'")
+    if self.remat not in ("none", "block", "full"):
+      self._fail("remat", "must be 'none', 'block' or 'full'")
     if not self.rope_theta > 0:
       self._fail("rope_theta", "must be positive")
     if not self.norm_eps > 0:

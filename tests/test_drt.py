@@ -220,7 +220,8 @@ def test_tied_head_gradients():
 def test_remat_saves_gca_kernel_residuals():
   """remat="block" saves the GCA kernel's q / o / lse (checkpoint names), so the backward does
   not run the forward kernel again: the grad jaxpr holds one forward pallas_call per upper layer
-  (as without remat; a policy-less remat holds two), and the gradients equal remat="none"."""
+  (as without remat; remat="full", which saves nothing, holds two), and the gradients equal
+  remat="none"."""
   import re
   cfg = small_cfg(num_heads=2, upper_groups=(2,), gca_impl="pallas_triton")  # interpret mode on CPU
   params, toks = init(cfg, T=200, B=1)
@@ -232,7 +233,9 @@ def test_remat_saves_gca_kernel_residuals():
     return len(re.findall(r"name=gca_fwd\b", str(jax.make_jaxpr(jax.grad(loss), static_argnums=1)(params, c))))
 
   assert n_fwd(cfg) == 2 and n_fwd(cfg.replace(remat="block")) == 2
+  assert n_fwd(cfg.replace(remat="full")) == 4
   g1 = jax.grad(loss)(params, cfg)
-  g2 = jax.grad(loss)(params, cfg.replace(remat="block"))
-  for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  for remat in ("block", "full"):
+    g2 = jax.grad(loss)(params, cfg.replace(remat=remat))
+    for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -81,7 +81,10 @@ class DRT(nn.Module):
   def _block_cls(self, cls):
     """remat="block": each block is recomputed in the backward pass, except the GCA kernel's
     query, output and log-sum-exp ("gca_q", "gca_o", "gca_lse"), which are saved (3 [B,T,d]-sized
-    arrays per upper layer) so the GCA forward kernel runs once per step, not twice."""
+    arrays per upper layer) so the GCA forward kernel runs once per step, not twice.
+    remat="full": every block is recomputed whole (nothing saved; the least memory)."""
+    if self.config.remat == "full":
+      return nn.remat(cls)
     if self.config.remat != "block":
       return cls
     return nn.remat(cls, policy=jax.checkpoint_policies.save_only_these_names(*GCA_SAVED))
