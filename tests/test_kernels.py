@@ -167,6 +167,11 @@ def test_inverted_index_and_schedule():
       got = list(order[b, offsets[b, j]:offsets[b, j + 1]])
       want = [e for e in range(C * K) if idx[b].ravel()[e] == j and w[b].ravel()[e] != 0]
       assert got == want
+  lpt = np.asarray(common.longest_first(jnp.asarray(offsets), C * K))
+  counts = np.diff(offsets, axis=1).ravel()
+  assert sorted(lpt.tolist()) == list(range(B * M))              # every (b, j) once
+  assert np.all(np.diff(counts[lpt]) <= 0)                       # longest first over the batch
+  assert lpt.tolist() == sorted(range(B * M), key=lambda f: (-counts[f], f))
   sch = {k_: np.asarray(x) for k_, x in common.reader_schedule(jnp.asarray(idx), jnp.asarray(w), M).items()}
   for b in range(B):
     f = sch["flags"][b]

@@ -8,7 +8,7 @@ from `indices [B,C,K]` and `weights [B,C,K]`:
 * readers whose weight is exactly 0 contribute exactly 0 to dK/dV (dV += w·Pᵀ dO, dK += dSᵀQ with
   dS ∝ w), so they are left out of the reader lists (they still get their dw, computed per query
   chunk, see the kernels);
-* `inverted_index` (GPU/Triton): a stable argsort of the keys `j` (or `M` for a weight-0 reader)
+* `inverted_index` (GPU/Triton): a stable sort of the keys `j` (or `M` for a weight-0 reader)
   gives `order [B, C*K]` (entries sorted by memory chunk, ties in (c, i) order) and CSR offsets
   `offsets [B, M+1]`: the readers of (b, j) are order[b, offsets[b,j] : offsets[b,j+1]];
 * `reader_schedule` (TPU): the same sorted list with one extra "sentinel" entry per memory chunk in
@@ -16,7 +16,7 @@ from `indices [B,C,K]` and `weights [B,C,K]`:
   nobody reads gets zero gradients), with per-entry flags (first of a chunk / real reader / last of a
   chunk) and block-index hints.
 
-Everything is integer work (argsort, cumsum, searchsorted), hence deterministic.
+Everything is integer work (sort, scatter-add, cumsum), hence deterministic.
 """
 
 from __future__ import annotations
@@ -63,30 +63,45 @@ def clip_indices(indices, M: int):
   return jnp.clip(indices.astype(jnp.int32), 0, M - 1)
 
 
+def _sort_packed(key, n_keys: int):
+  """Stable argsort of int32 `key [B, N]` (values in [0, n_keys)) along axis 1: (order, sorted
+  key). Key and position are packed into one int32 (key*N + e) where that fits, so XLA sorts a
+  single operand (the GPU radix-sort path) instead of a (key, iota) pair; otherwise argsort."""
+  B, N = key.shape
+  if n_keys * N > INT32_MAX:
+    order = jnp.argsort(key, axis=1, stable=True).astype(jnp.int32)
+    return order, jnp.take_along_axis(key, order, axis=1)
+  packed = jnp.sort(key * N + jnp.arange(N, dtype=jnp.int32)[None, :], axis=1)
+  return packed % N, packed // N
+
+
 def inverted_index(indices, weights, M: int):
   """CSR inverted index of (already clipped) `indices [B,C,K]`, weight-0 readers dropped.
 
   Returns (order int32 [B, C*K], offsets int32 [B, M+1]): the non-zero-weight readers of memory
   chunk j in row b are the entries e = c*K + i listed in order[b, offsets[b,j]:offsets[b,j+1]],
-  in increasing e (stable sort), so accumulation order is fixed: deterministic.
+  in increasing e (stable sort), so accumulation order is fixed: deterministic. Offsets are the
+  exclusive prefix sums of the per-chunk reader counts (an integer scatter-add).
   """
   B, C, K = indices.shape
   key = jnp.where(weights != 0, indices, M).reshape(B, C * K).astype(jnp.int32)
-  order = jnp.argsort(key, axis=1, stable=True).astype(jnp.int32)
-  sorted_key = jnp.take_along_axis(key, order, axis=1)
-  bounds = jnp.arange(M + 1, dtype=jnp.int32)
-  offsets = jax.vmap(lambda s: jnp.searchsorted(s, bounds, side="left"))(sorted_key)
+  order, _ = _sort_packed(key, M + 1)
+  rows = jnp.broadcast_to(jnp.arange(B, dtype=jnp.int32)[:, None], key.shape)
+  counts = jnp.zeros((B, M + 1), jnp.int32).at[rows, key].add(1)
+  offsets = jnp.concatenate([jnp.zeros((B, 1), jnp.int32), jnp.cumsum(counts[:, :M], axis=1)], axis=1)
   return order, offsets.astype(jnp.int32)
 
 
-def longest_first(offsets):
-  """Per row b, memory chunks sorted by descending reader count (ties by j): [B, M] int32.
+def longest_first(offsets, n_readers: int):
+  """All (b, j) memory chunks by descending reader count (ties by b, then j): int32 [B*M] of
+  flat ids b*M + j. `n_readers` (static): an upper bound of any count (C*K).
 
-  Used as the program -> memory-chunk map of the GPU dK/dV kernel so the chunks with the most
-  readers start first (less tail when a few chunks are read by many query chunks).
+  The program -> memory-chunk map of the GPU dK/dV kernel (programs launch in this order, the kv
+  heads of one chunk next to each other): the chunks with the most readers start first over the
+  whole batch (longest-processing-time-first), so few long programs are left for the tail.
   """
-  counts = offsets[:, 1:] - offsets[:, :-1]
-  return jnp.argsort(-counts, axis=1, stable=True).astype(jnp.int32)
+  counts = (offsets[:, 1:] - offsets[:, :-1]).reshape(1, -1)
+  return _sort_packed(n_readers - counts, n_readers + 1)[0][0]
 
 
 def reader_schedule(indices, weights, M: int):
@@ -109,8 +124,7 @@ def reader_schedule(indices, weights, M: int):
   key = jnp.concatenate([real_key, sent_key], axis=1)                      # [B, N]
   ent = jnp.concatenate([jnp.broadcast_to(jnp.arange(C * K, dtype=jnp.int32), (B, C * K)),
                          jnp.full((B, M), -1, jnp.int32)], axis=1)
-  order = jnp.argsort(key, axis=1, stable=True)
-  key = jnp.take_along_axis(key, order, axis=1)
+  order, key = _sort_packed(key, 2 * M + 1)
   ent = jnp.take_along_axis(ent, order, axis=1)
   keyed = key < 2 * M
   j = jnp.where(keyed, key // 2, M - 1)

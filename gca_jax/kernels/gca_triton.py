@@ -22,15 +22,18 @@ Kernels (f32 accumulation everywhere; the exp is done as exp2 with log2(e) folde
   stored), dS = w_i P_i (dP − D_i), dQ += dS K / sqrt(D), dw_i = Σ_{s,h} D_i (summed over the heads
   of the program; the per-program partials [B,C,NP,Kp] are summed over programs with XLA).
   A weight-0 slot gets dS = 0 but its dw = Σ dO·O_i is computed all the same.
-* dK/dV, one program per (memory chunk j, kv head g, batch b): loops over the readers of j given
-  by the inverted index (see `common.inverted_index`: XLA argsort of the flattened (b,c,i) -> j
+* dK/dV, one program per (batch b, memory chunk j, kv head g): loops over the readers of j given
+  by the inverted index (see `common.inverted_index`: XLA sort of the flattened (b,c,i) -> j
   keys + CSR offsets per memory chunk, weight-0 readers dropped since they contribute exactly 0),
   and for each reader (c, i) and each of the R query heads of g (one (reader, head) pair per loop
   iteration, so only one head's q/dO tiles are in flight in shared memory) recomputes Pᵀ = exp(K Qᵀ − lse),
   dPᵀ = V dOᵀ, D, and accumulates dV += w Pᵀ dO, dK += dSᵀ Q / sqrt(D) in registers; K_j/V_j are
   loaded once. Every (b, j, g) tile of dK/dV is written by exactly one program in a fixed order:
   no atomics, deterministic, and duplicate indices in one row (two readers (c, i1), (c, i2)) just
-  add up. The programs are mapped to memory chunks longest-reader-list first per (b, g).
+  add up. The programs are launched longest reader list first over the whole batch (a 1-D grid
+  over (b, j) ranked by `common.longest_first`, the Hkv heads of one chunk adjacent): under causal
+  retrieval the first chunks have ~ K·ln(C/j) readers, and a per-(b, g) order would start the
+  long programs of the last (b, g) rows at the end of the launch.
 
 Shared memory: every pass is planned to stay ≤ SMEM_BUDGET = 200 KiB (H100/H200: 227 KiB per
 block) by `smem_estimate`, an upper bound calibrated on Triton's allocation for these kernels; `plan`
@@ -255,9 +258,13 @@ def _dq_kernel(idx_ref, w_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dq_ref, dw_
 
 def _dkv_kernel(off_ref, ord_ref, sched_ref, ws_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
                 dk_ref, dv_ref, *, K, R, scale, prec):
-  p_j, g, b = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-  j = sched_ref[b, p_j]
-  T, D = k_ref.shape[2], k_ref.shape[4]
+  pid = pl.program_id(0)
+  M, T, Hkv, D = k_ref.shape[1], k_ref.shape[2], k_ref.shape[3], k_ref.shape[4]
+  rank = lax.div(pid, Hkv)
+  g = pid - rank * Hkv
+  f = sched_ref[rank]
+  b = lax.div(f, M)
+  j = f - b * M
   scale2 = scale * LOG2E
   kk = k_ref[b, j, :, g, :]
   vv = v_ref[b, j, :, g, :]
@@ -370,14 +377,14 @@ def _bwd_dkv(q, k, v, idx, w, lse, do, cfg):
   R = q.shape[3] // Hkv
   _, launch = _launch(cfg, "dkv", q, k)
   order, offsets = common.inverted_index(idx, w, M)
-  sched = common.longest_first(offsets)
+  sched = common.longest_first(offsets, idx.shape[1] * K)
   w_sorted = jnp.take_along_axis(w.reshape(B, -1), order, axis=1)
   kern = functools.partial(_dkv_kernel, K=K, R=R, scale=1.0 / math.sqrt(D),
                            prec=_prec(q.dtype, cfg["precision"], cfg["interpret"]))
   return _call(
       kern, (offsets, order, sched, w_sorted, q, k, v, do, lse),
       (jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)),
-      (M, Hkv, B), name="gca_bwd_dkv", **launch)
+      (B * M * Hkv,), name="gca_bwd_dkv", **launch)
 
 
 def _bwd(q, k, v, idx, w, lse, do, cfg):
