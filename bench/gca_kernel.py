@@ -5,8 +5,9 @@ Cases: the paper shape (batch 4 × 16K tokens = 260 chunks of 64, K=8, H=Hkv=12,
 over strictly earlier chunks, shifted one chunk, empty slots index 0 / weight 0).
 
 For each (case, impl), in its own process (so the allocator's peak is that run's alone):
-  * forward and forward+backward time: jit, 3 warmups, median (and min) of N timed calls, each
-    ended by block_until_ready;
+  * forward and forward+backward time: jit, 3 warmups, median (and min) of N timed samples, each
+    a batch of calls dispatched back to back and blocked once (`bench/_timing.timeit`: about
+    20 ms per sample, so host dispatch and sync do not enter sub-millisecond times);
   * peak device memory: memory_stats()["peak_bytes_in_use"] after the forward runs and after the
     forward+backward runs (inputs included), and XLA's compiled memory analysis
     (argument + output + temp bytes) of both functions;

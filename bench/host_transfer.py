@@ -32,7 +32,7 @@ from gca_jax.inference.stream import cuda_host_register  # noqa: E402
 
 def timed(f, iters):
   """Median seconds of `f()` (the shared bench timer, 2 warm-ups)."""
-  return timeit(f, (), iters, warmup=2)["median_ms"] / 1e3
+  return timeit(f, (), iters, warmup=2, max_reps=1)["median_ms"] / 1e3
 
 
 def main():

@@ -38,8 +38,10 @@ Kernels (f32 accumulation everywhere; the exp is done as exp2 with log2(e) folde
 Shared memory: every pass is planned to stay ≤ SMEM_BUDGET = 200 KiB (H100/H200: 227 KiB per
 block) by `smem_estimate`, an upper bound calibrated on Triton's allocation for these kernels; `plan`
 picks per pass the heads per program and 2 pipeline stages where they fit, else fewer (f32 at
-D = 128: dQ and dK/dV with 1 stage, one head per program). A shape that cannot fit at 1 stage
-(e.g. f32 at D = 256) is refused by `supports` (so impl="auto" uses XLA), never a launch failure.
+D = 128: dQ with 1 stage, one head per program); dK/dV runs with 1 stage (its reader loop has
+data-dependent bounds and few iterations, where the software pipeliner cost more than it hid).
+A shape that cannot fit at 1 stage (e.g. f32 at D = 256) is refused by `supports` (so
+impl="auto" uses XLA), never a launch failure.
 
 Shapes: T and S must be powers of two ≥ 16 (Triton tile sizes; S = 64 in the model), D a power
 of two in [16, 256]; K, M, C, H, Hkv arbitrary (K not a power of two, M < K fine).
@@ -140,9 +142,10 @@ def _heads_per_program(R: int, S: int, D: int, max_rows: int | None) -> int:
 def plan(which: str, S: int, T: int, D: int, R: int, dtype, *, num_stages: int | None = None,
          max_rows: int | None = None):
   """(RB, num_stages, smem bytes) of pass `which`: the most heads per program (fwd/dq, within the
-  register budget of `_heads_per_program`) and then the most pipeline stages (2, else 1) whose
-  `smem_estimate` is ≤ SMEM_BUDGET; num_stages given: that many. Returns the estimate even when
-  it is over the budget (the caller reports it)."""
+  register budget of `_heads_per_program`) and then the most pipeline stages (fwd/dq: 2, else 1;
+  dK/dV: 1, measured faster on H100 and H200, see docs/benchmarks.md §3) whose `smem_estimate`
+  is ≤ SMEM_BUDGET; num_stages given: that many. Returns the estimate even when it is over the
+  budget (the caller reports it)."""
   ns_min = num_stages or 1
   rb_max = 1 if which == "dkv" else _heads_per_program(R, S, D, max_rows)
   RB = 1
@@ -152,7 +155,7 @@ def plan(which: str, S: int, T: int, D: int, R: int, dtype, *, num_stages: int |
       break
   if num_stages is None:
     num_stages = 1
-    for ns in (2, 1):
+    for ns in ((1,) if which == "dkv" else (2, 1)):
       if smem_estimate(which, S, T, D, RB, dtype, ns) <= SMEM_BUDGET:
         num_stages = ns
         break
@@ -270,18 +273,21 @@ def _dkv_kernel(off_ref, ord_ref, sched_ref, ws_ref, q_ref, k_ref, v_ref, do_ref
   vv = v_ref[b, j, :, g, :]
   start = off_ref[b, j]
   end = off_ref[b, j + 1]
+  last = ord_ref.shape[1] - 1
 
   def body(m, carry):
-    # One (reader, head) pair per iteration, m = n·R + r: only one head's q/dO/lse tiles are live
-    # (and multi-buffered by the software pipeliner), whatever R. Same accumulation order as a
-    # reader loop with an inner head loop: reader n, then heads r = 0..R-1.
-    dk, dv = carry
+    # One (reader, head) pair per iteration, m = n·R + r: only one head's q/dO/lse tiles are live,
+    # whatever R. Same accumulation order as a reader loop with an inner head loop: reader n,
+    # then heads r = 0..R-1. The reader entry and weight of iteration m + 1 are loaded here and
+    # carried, so the q/dO tile loads of an iteration do not wait for its scalar loads.
+    dk, dv, e, w = carry
     n = lax.div(m, R)
     h = g * R + (m - n * R)
-    e = ord_ref[b, n]
+    n_next = jnp.minimum(lax.div(m + 1, R), jnp.minimum(end - 1, last))
+    e_next = ord_ref[b, n_next]
+    w_next = ws_ref[b, n_next]        # weights in inverted-index order (no dependent load)
     c = lax.div(e, K)
     i = e - c * K
-    w = ws_ref[b, n]                  # weights in inverted-index order (no dependent load)
     qh = q_ref[b, c, :, h, :]
     doh = do_ref[b, c, :, h, :]
     lse2 = lse_ref[b, c, i, h, :] * LOG2E
@@ -293,10 +299,12 @@ def _dkv_kernel(off_ref, ord_ref, sched_ref, ws_ref, q_ref, k_ref, v_ref, do_ref
     dv = dv + _dot(wpt.astype(doh.dtype), doh, precision=prec)
     dst = wpt * (dpt - d_row[None, :])
     dk = dk + _dot(dst.astype(qh.dtype), qh, precision=prec)
-    return dk, dv
+    return dk, dv, e_next, w_next
 
   zeros = jnp.zeros((T, D), jnp.float32)
-  dk, dv = lax.fori_loop(start * R, end * R, body, (zeros, zeros))
+  first = jnp.minimum(start, last)
+  dk, dv, _, _ = lax.fori_loop(start * R, end * R, body,
+                               (zeros, zeros, ord_ref[b, first], ws_ref[b, first]))
   dk_ref[b, j, :, g, :] = (dk * scale).astype(dk_ref.dtype)
   dv_ref[b, j, :, g, :] = dv.astype(dv_ref.dtype)
 
