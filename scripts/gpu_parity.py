@@ -1,8 +1,8 @@
 """Parity of the GPU attention paths against the XLA references (run on a GPU through `device`).
 
-Checks `sliding_window_attention` / `causal_attention` with impl="cudnn" (and what "auto" picks)
-against the blockwise/dense XLA versions, forward and all gradients, bf16; and a DRT forward +
-gradient with swa_impl="auto" vs "xla". Prints one JSON line per check; exits 1 on a failure.
+Checks `sliding_window_attention` / `causal_attention` / `chunk_attention` with impl="cudnn" (and
+what "auto" picks) against the blockwise/dense XLA versions, forward and all gradients, bf16; and
+a DRT forward + gradient with swa_impl="auto" vs "xla" (SWA layers and chunk encoder). Prints one JSON line per check; exits 1 on a failure.
 Usage: python scripts/gpu_parity.py [--out results.json]
 """
 
@@ -48,6 +48,27 @@ def check_attention(results, B, T, H, G, D, W, dtype):
     print(json.dumps(results[-1]), flush=True)
 
 
+def check_chunk_attention(results, N, S, H, G, D, dtype):
+  """ops.chunk_attention (the chunk encoder's unmasked in-chunk attention) with cuDNN."""
+  ks = jax.random.split(jax.random.key(N + S + H), 4)
+  q = jax.random.normal(ks[0], (N, S, H, D), dtype)
+  k = jax.random.normal(ks[1], (N, S, G, D), dtype)
+  v = jax.random.normal(ks[2], (N, S, G, D), dtype)
+  do = jax.random.normal(ks[3], (N, S, H, D), dtype)
+  f32 = lambda x: x.astype(jnp.float32)
+  o_ref, vjp_ref = jax.vjp(lambda q, k, v: swa.attention_reference(f32(q), f32(k), f32(v),
+                                                                   causal=False), q, k, v)
+  g_ref = vjp_ref(f32(do))
+  o, vjp = jax.vjp(jax.jit(lambda q, k, v: ops.chunk_attention(q, k, v, impl="cudnn")), q, k, v)
+  g = vjp(do)
+  errs = {"out": rel(o, o_ref), "dq": rel(g[0], g_ref[0]), "dk": rel(g[1], g_ref[1]),
+          "dv": rel(g[2], g_ref[2])}
+  ok = all(e <= 2e-2 for e in errs.values()) and all(np.all(np.isfinite(np.asarray(x))) for x in (o, *g))
+  results.append(dict(check="chunk_cudnn", N=N, S=S, H=H, G=G, D=D, dtype=str(jnp.dtype(dtype)),
+                      auto=ops.resolve_attention_impl("auto", q), rel_err=errs, ok=bool(ok)))
+  print(json.dumps(results[-1]), flush=True)
+
+
 def check_model(results):
   cfg = DRTConfig(vocab_size=512, d_model=128, num_heads=4, mlp_dim=256, lower_layers=2,
                   upper_groups=(2,), window=128, top_k=4, dtype="bfloat16")
@@ -79,6 +100,8 @@ def main():
   for case in [(2, 1000, 4, 4, 64, 128), (1, 4096, 12, 12, 64, 512), (1, 777, 8, 2, 128, 100),
                (2, 2048, 4, 4, 32, 2048)]:
     check_attention(results, *case, jnp.bfloat16)
+  for case in [(1040, 64, 12, 12, 64), (37, 64, 8, 2, 128)]:
+    check_chunk_attention(results, *case, jnp.bfloat16)
   check_model(results)
   if args.out:
     with open(args.out, "w") as f:

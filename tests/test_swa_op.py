@@ -68,6 +68,25 @@ def test_splash_interpret_matches_reference_with_grads():
     assert _rel(g, np.asarray(w, np.float64)) < 1e-5
 
 
+def test_chunk_attention_is_unmasked_per_sequence():
+  """ops.chunk_attention (the chunk encoder's): each of N sequences attends all its S positions
+  (GQA); "splash" takes the XLA path; gradients match the dense reference."""
+  q, k, v = _rand(5, 6, 16, 4, 2, 8)
+  s = np.einsum("nqgrd,nkgd->ngrqk", q.reshape(6, 16, 2, 2, 8), k) / np.sqrt(8)
+  p = np.exp(s - s.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  want = np.einsum("ngrqk,nkgd->nqgrd", p, v).reshape(q.shape)
+  for impl in ("auto", "xla", "splash"):
+    assert _rel(ops.chunk_attention(q, k, v, impl=impl), want) < 1e-5
+  f = lambda fn: jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v) ** 2), argnums=(0, 1, 2))(q, k, v)
+  got = f(lambda q, k, v: ops.chunk_attention(q, k, v))
+  ref = f(lambda q, k, v: swa.attention_reference(q, k, v, causal=False))
+  for g, w in zip(got, ref):
+    assert _rel(g, np.asarray(w, np.float64)) < 1e-5
+  with pytest.raises(ValueError, match="unknown impl"):
+    ops.chunk_attention(q, k, v, impl="flash")
+
+
 def test_auto_on_cpu_is_xla_and_errors():
   q, k, v = _rand(3, 1, 8, 2, 2, 8)
   assert ops.resolve_attention_impl("auto", jnp.asarray(q, jnp.bfloat16)) == "xla"

@@ -569,7 +569,7 @@ def _segment_step(params, state: State, tokens_BxP, targets_BxP, select_Q, *, co
   # `count`; rows beyond count + nl are scratch (never retrieved, overwritten later)
   pdt = dtype_of(cfg.param_dtype)
   enc = ChunkEncoder(cfg.encoder_layers, H, Dh, cfg.mlp_dim, cfg.rope_theta, cfg.norm_eps,
-                     cfg.init_std, dtype=dt, param_dtype=pdt).apply(
+                     cfg.init_std, dtype=dt, param_dtype=pdt, impl=cfg.swa_impl).apply(
                          {"params": params["encoder"]}, z[:, :NC * S].reshape(B, NC, S, d))
   host = "host_key" in state
   enc = enc.astype(dt)

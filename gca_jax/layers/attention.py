@@ -56,7 +56,7 @@ class SelfAttention(nn.Module):
       o = landmark_ops.landmark_attention(flat(q), flat(k), flat(v), self.window).reshape(q.shape)
     elif self.mode == "bidirectional":
       flat = lambda y: y.reshape(-1, T, self.num_heads, self.head_dim)
-      o = swa_ops.attention_reference(flat(q), flat(k), flat(v), causal=False).reshape(q.shape)
+      o = swa_ops.chunk_attention(flat(q), flat(k), flat(v), impl=self.impl).reshape(q.shape)
     else:
       raise ValueError(f"SelfAttention: unknown mode {self.mode!r}")
     o = nn.with_logical_constraint(o.reshape(*lead, T, hd),

@@ -55,6 +55,7 @@ class ChunkEncoder(nn.Module):
 
   x [B,C,S,d] (the lower layers' output) -> E [B,C,S,d] = FinalNorm(Layers(Norm(x))), with full
   attention inside the chunk and RoPE over positions 0..S-1. E[:, :, S-1] are the landmark keys.
+  impl: the in-chunk attention's (`ops.chunk_attention`: "auto" = cuDNN on GPU, else XLA).
   """
   num_layers: int
   num_heads: int
@@ -65,13 +66,14 @@ class ChunkEncoder(nn.Module):
   std: float = 0.02
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x_BxCxSxd):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     e = RMSNorm(self.eps, name="input_norm", **kw)(x_BxCxSxd)
     for i in range(self.num_layers):
-      e = DecoderBlock(self.num_heads, self.head_dim, self.mlp_dim, "bidirectional", None, "xla",
+      e = DecoderBlock(self.num_heads, self.head_dim, self.mlp_dim, "bidirectional", None, self.impl,
                        self.rope_theta, self.eps, self.std, name=f"layer_{i}", **kw)(e)
     return RMSNorm(self.eps, name="final_norm", **kw)(e)
 

@@ -139,7 +139,8 @@ class DRT(nn.Module):
                 **block_kw)(h)
 
     enc = ChunkEncoder(cfg.encoder_layers, H, Dh, cfg.mlp_dim, cfg.rope_theta, cfg.norm_eps,
-                       cfg.init_std, name="encoder", **kw)(h.reshape(B, C, S, cfg.d_model))
+                       cfg.init_std, impl=cfg.swa_impl, name="encoder", **kw)(
+                           h.reshape(B, C, S, cfg.d_model))
     landmarks_BxCxd = enc[:, :, S - 1]
     sink = (jnp.arange(S) < S - 1)[None, None, :, None, None]
     mem_kw = dict(std=cfg.init_std, **kw)
@@ -183,4 +184,5 @@ def resolved_impls(cfg: DRTConfig, batch: int = 1, seq_len: int | None = None) -
     slots = sds((batch, C, cfg.top_k), jnp.int32)
     out["gca"] = resolve_gca_impl(cfg.gca_impl, qc, qc, qc, slots,
                                   sds((batch, C, cfg.top_k), jnp.float32))
+    out["encoder"] = resolve_attention_impl(cfg.swa_impl, qc[0])
   return out

@@ -1,4 +1,5 @@
-"""Causal sliding-window attention (SPEC §2.1) and full causal attention, with an `impl` switch.
+"""Causal sliding-window attention (SPEC §2.1), full causal attention and in-chunk bidirectional
+attention (the chunk encoder, SPEC §2.2), with an `impl` switch.
 
 `sliding_window_attention(q, k, v, window)`: q [B,T,H,D], k/v [B,T,Hkv,D] -> [B,T,H,D]; query t
 attends keys t-W+1 .. t (W positions, itself included). Implementations:
@@ -8,6 +9,9 @@ attends keys t-W+1 .. t (W positions, itself included). Implementations:
              without it cuDNN ignores the window.
   "splash" - Pallas TPU splash attention with a causal `LocalMask`.
   "auto"   - cudnn on GPU for half-precision inputs, splash on TPU, else xla.
+`chunk_attention(q, k, v)`: q [N,S,H,D], k/v [N,S,Hkv,D], no mask (N independent short
+sequences, e.g. the B*C chunks of the encoder): "cudnn" on GPU, else the dense XLA reference
+(splash's 128-row blocks do not fit 64-row chunks; at S = 64 XLA's dense form is cheap on TPU).
 Softmax statistics are float32 throughout. Under a mesh (`jax.set_mesh`), the library kernels
 run per device through `shard_map` over the batch (data x fsdp) and heads (tensor) axes.
 """
@@ -103,6 +107,10 @@ def _full_cudnn(q, k, v):
   return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
 
 
+def _bidir_cudnn(q, k, v):
+  return jax.nn.dot_product_attention(q, k, v, is_causal=False, implementation="cudnn")
+
+
 def _swa_cudnn(q, k, v, window: int):
   return _pad_even(lambda q, k, v: jax.nn.dot_product_attention(
       q, k, v, is_causal=True, local_window_size=(window - 1, 0), implementation="cudnn"))(q, k, v)
@@ -183,3 +191,13 @@ def causal_attention(q, k, v, *, impl: str = "auto"):
   if name == "cudnn":
     return _per_device(_full_cudnn, q, k, v)
   return _per_device(functools.partial(_splash, window=None), q, k, v)
+
+
+def chunk_attention(q, k, v, *, impl: str = "auto"):
+  """Unmasked (bidirectional) attention in each of N short sequences. q [N,S,H,D], k/v
+  [N,S,Hkv,D] -> [N,S,H,D]. impl "splash" (TPU) runs the XLA reference (see the module doc)."""
+  _check(q, k, v)
+  name = resolve_attention_impl(impl, q)
+  if name == "cudnn":
+    return _per_device(_bidir_cudnn, q, k, v)
+  return attention_reference(q, k, v, window=None, causal=False)
