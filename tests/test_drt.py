@@ -239,3 +239,13 @@ def test_remat_saves_gca_kernel_residuals():
     g2 = jax.grad(loss)(params, cfg.replace(remat=remat))
     for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_resolved_impls_on_cpu():
+  """What impl="auto" resolves to, as logged at train start: XLA for all three on CPU; a forced
+  kernel name is reported as given; baselines have no GCA / encoder entry."""
+  from gca_jax.models import resolved_impls
+  cfg = small_cfg()
+  assert resolved_impls(cfg, 2, 500) == {"swa": "xla", "gca": "xla", "encoder": "xla"}
+  assert resolved_impls(cfg.replace(swa_impl="cudnn"), 2, 500)["encoder"] == "cudnn"
+  assert resolved_impls(cfg.replace(model_kind="swa")) == {"swa": "xla"}

@@ -184,5 +184,6 @@ def resolved_impls(cfg: DRTConfig, batch: int = 1, seq_len: int | None = None) -
     slots = sds((batch, C, cfg.top_k), jnp.int32)
     out["gca"] = resolve_gca_impl(cfg.gca_impl, qc, qc, qc, slots,
                                   sds((batch, C, cfg.top_k), jnp.float32))
-    out["encoder"] = resolve_attention_impl(cfg.swa_impl, qc[0])
+    out["encoder"] = resolve_attention_impl(
+        cfg.swa_impl, sds((batch * C, cfg.chunk_size, cfg.num_heads, cfg.head_dim), dt))
   return out
