@@ -9,6 +9,7 @@ single-pass TF32 variant (reported, not gating) and a DRT model forward/gradient
 gca_impl="pallas_triton" vs "xla".
 Prints one JSON line per check; exits 1 if any gating check fails.
 Usage: PYTHONPATH=. python scripts/kernel_parity.py [--out results.json] [--quick]
+       [--only paper/bfloat16,model]   (a subset: check/dtype names, "model" for the DRT check)
 """
 
 import argparse
@@ -67,7 +68,7 @@ def kernel(q, k, v, idx, w, do, **kw):
   return f(q, k, v, w, do)
 
 
-def check(results, name, B, C, M, S, H, Hkv, D, K, dtype, *, causal=False, extra=True,
+def _check(results, name, B, C, M, S, H, Hkv, D, K, dtype, *, causal=False, extra=True,
           tf32_variant=False, out=None):
   row = dict(check=name, B=B, C=C, M=M, S=S, H=H, Hkv=Hkv, D=D, K=K, dtype=str(jnp.dtype(dtype)),
              causal=causal)
@@ -146,11 +147,18 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--out", default=None)
   ap.add_argument("--quick", action="store_true", help="skip the paper-size shapes")
+  ap.add_argument("--only", default=None, help="comma list of check/dtype names and/or 'model'")
   args = ap.parse_args()
+  only = set(args.only.split(",")) if args.only else None
   print(json.dumps(dict(jax=jax.__version__, backend=jax.default_backend(),
                         devices=[str(d) for d in jax.devices()])), flush=True)
   results = []
   kw = dict(out=args.out)
+
+  def check(results, name, *a, **k):  # the selection of --only
+    if only is None or f"{name}/{jnp.dtype(a[8]).name}" in only:
+      _check(results, name, *a, **k)
+
   for dtype in (jnp.float32, jnp.bfloat16):
     # duplicates, a row of zero weights, an empty slot per row, an unread chunk (extra=True)
     check(results, "mha_small", 2, 17, 17, 64, 4, 4, 64, 8, dtype, tf32_variant=True, **kw)
@@ -165,7 +173,8 @@ def main():
     if not args.quick:   # the paper shape: batch 4 x 16K tokens, model-like retrieval
       check(results, "paper", 4, 260, 260, 64, 12, 12, 64, 8, dtype, causal=True, extra=False,
             tf32_variant=True, **kw)
-  check_model(results)
+  if only is None or "model" in only:
+    check_model(results)
   _save(results, args.out)
   bad = [r for r in results if not r["ok"]]
   print(json.dumps(dict(summary=f"{len(results) - len(bad)}/{len(results)} checks passed",
