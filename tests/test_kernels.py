@@ -78,6 +78,7 @@ CASES = [
     ("gqa4_k7", dict(B=1, C=2, S=64, H=8, D=64, M=6, G=2, K=7), {}),
     ("unread_chunks", dict(B=2, C=3, S=64, H=2, D=64, M=6, G=2, K=4), dict(max_index=2)),
     ("k1_no_zero", dict(B=1, C=2, S=64, H=2, D=64, M=2, G=2, K=1), dict(dup=False, zero_slots=False)),
+    ("k16_m_lt_k", dict(B=1, C=2, S=64, H=2, D=64, M=5, G=2, K=16), {}),   # the largest K asked
 ]
 
 
