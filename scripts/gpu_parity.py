@@ -2,7 +2,8 @@
 
 Checks `sliding_window_attention` / `causal_attention` / `chunk_attention` with impl="cudnn" (and
 what "auto" picks) against the blockwise/dense XLA versions, forward and all gradients, bf16; and
-a DRT forward + gradient with swa_impl="auto" vs "xla" (SWA layers and chunk encoder). Prints one JSON line per check; exits 1 on a failure.
+a DRT forward + gradient with swa_impl="auto" vs "xla" (SWA layers and chunk encoder). Prints one
+JSON line per check; exits 1 on a failure.
 Usage: python scripts/gpu_parity.py [--out results.json] [--only model]  (only: "ops" or "model")
 """
 
@@ -63,7 +64,8 @@ def check_chunk_attention(results, N, S, H, G, D, dtype):
   g = vjp(do)
   errs = {"out": rel(o, o_ref), "dq": rel(g[0], g_ref[0]), "dk": rel(g[1], g_ref[1]),
           "dv": rel(g[2], g_ref[2])}
-  ok = all(e <= 2e-2 for e in errs.values()) and all(np.all(np.isfinite(np.asarray(x))) for x in (o, *g))
+  ok = all(e <= 2e-2 for e in errs.values()) and all(np.all(np.isfinite(np.asarray(x)))
+                                                      for x in (o, *g))
   results.append(dict(check="chunk_cudnn", N=N, S=S, H=H, G=G, D=D, dtype=str(jnp.dtype(dtype)),
                       auto=ops.resolve_attention_impl("auto", q), rel_err=errs, ok=bool(ok)))
   print(json.dumps(results[-1]), flush=True)
