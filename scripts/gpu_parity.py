@@ -25,50 +25,45 @@ def rel(a, b):
   return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-def check_attention(results, B, T, H, G, D, W, dtype):
-  ks = jax.random.split(jax.random.key(T + W + H), 4)
-  q = jax.random.normal(ks[0], (B, T, H, D), dtype)
-  k = jax.random.normal(ks[1], (B, T, G, D), dtype)
-  v = jax.random.normal(ks[2], (B, T, G, D), dtype)
-  do = jax.random.normal(ks[3], (B, T, H, D), dtype)
-  for name, fn, ref in (
-      ("swa", lambda q, k, v, i: ops.sliding_window_attention(q, k, v, W, impl=i),
-       lambda q, k, v: swa.swa_xla(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32), W)),
-      ("causal", lambda q, k, v, i: ops.causal_attention(q, k, v, impl=i),
-       lambda q, k, v: swa.attention_reference(q.astype(jnp.float32), k.astype(jnp.float32),
-                                               v.astype(jnp.float32)))):
-    o_ref, vjp_ref = jax.vjp(ref, q, k, v)
-    g_ref = vjp_ref(do.astype(jnp.float32))
-    o, vjp = jax.vjp(jax.jit(lambda q, k, v: fn(q, k, v, "cudnn")), q, k, v)
-    g = vjp(do)
-    errs = {"out": rel(o, o_ref), "dq": rel(g[0], g_ref[0]), "dk": rel(g[1], g_ref[1]),
-            "dv": rel(g[2], g_ref[2])}
-    ok = all(e <= 2e-2 for e in errs.values()) and all(np.all(np.isfinite(np.asarray(x))) for x in (o, *g))
-    results.append(dict(check=f"{name}_cudnn", B=B, T=T, H=H, G=G, D=D, W=W, dtype=str(jnp.dtype(dtype)),
-                        auto=ops.resolve_attention_impl("auto", q), rel_err=errs, ok=bool(ok)))
-    print(json.dumps(results[-1]), flush=True)
+def _inputs(seed, qshape, kshape, dtype):
+  ks = jax.random.split(jax.random.key(seed), 4)
+  return (jax.random.normal(ks[0], qshape, dtype), jax.random.normal(ks[1], kshape, dtype),
+          jax.random.normal(ks[2], kshape, dtype), jax.random.normal(ks[3], qshape, dtype))
 
 
-def check_chunk_attention(results, N, S, H, G, D, dtype):
-  """ops.chunk_attention (the chunk encoder's unmasked in-chunk attention) with cuDNN."""
-  ks = jax.random.split(jax.random.key(N + S + H), 4)
-  q = jax.random.normal(ks[0], (N, S, H, D), dtype)
-  k = jax.random.normal(ks[1], (N, S, G, D), dtype)
-  v = jax.random.normal(ks[2], (N, S, G, D), dtype)
-  do = jax.random.normal(ks[3], (N, S, H, D), dtype)
+def _compare(results, check, fn, ref, q, k, v, do, **shape):
+  """fn (the cuDNN path, jitted) vs ref (an f32 reference), forward and dq/dk/dv; appends and
+  prints one result row."""
   f32 = lambda x: x.astype(jnp.float32)
-  o_ref, vjp_ref = jax.vjp(lambda q, k, v: swa.attention_reference(f32(q), f32(k), f32(v),
-                                                                   causal=False), q, k, v)
+  o_ref, vjp_ref = jax.vjp(lambda q, k, v: ref(f32(q), f32(k), f32(v)), q, k, v)
   g_ref = vjp_ref(f32(do))
-  o, vjp = jax.vjp(jax.jit(lambda q, k, v: ops.chunk_attention(q, k, v, impl="cudnn")), q, k, v)
+  o, vjp = jax.vjp(jax.jit(fn), q, k, v)
   g = vjp(do)
   errs = {"out": rel(o, o_ref), "dq": rel(g[0], g_ref[0]), "dk": rel(g[1], g_ref[1]),
           "dv": rel(g[2], g_ref[2])}
   ok = all(e <= 2e-2 for e in errs.values()) and all(np.all(np.isfinite(np.asarray(x)))
                                                       for x in (o, *g))
-  results.append(dict(check="chunk_cudnn", N=N, S=S, H=H, G=G, D=D, dtype=str(jnp.dtype(dtype)),
+  results.append(dict(check=check, **shape, dtype=str(jnp.dtype(q.dtype)),
                       auto=ops.resolve_attention_impl("auto", q), rel_err=errs, ok=bool(ok)))
   print(json.dumps(results[-1]), flush=True)
+
+
+def check_attention(results, B, T, H, G, D, W, dtype):
+  q, k, v, do = _inputs(T + W + H, (B, T, H, D), (B, T, G, D), dtype)
+  shape = dict(B=B, T=T, H=H, G=G, D=D, W=W)
+  _compare(results, "swa_cudnn",
+           lambda q, k, v: ops.sliding_window_attention(q, k, v, W, impl="cudnn"),
+           lambda q, k, v: swa.swa_xla(q, k, v, W), q, k, v, do, **shape)
+  _compare(results, "causal_cudnn", lambda q, k, v: ops.causal_attention(q, k, v, impl="cudnn"),
+           swa.attention_reference, q, k, v, do, **shape)
+
+
+def check_chunk_attention(results, N, S, H, G, D, dtype):
+  """ops.chunk_attention (the chunk encoder's unmasked in-chunk attention) with cuDNN."""
+  q, k, v, do = _inputs(N + S + H, (N, S, H, D), (N, S, G, D), dtype)
+  _compare(results, "chunk_cudnn", lambda q, k, v: ops.chunk_attention(q, k, v, impl="cudnn"),
+           lambda q, k, v: swa.attention_reference(q, k, v, causal=False), q, k, v, do,
+           N=N, S=S, H=H, G=G, D=D)
 
 
 def check_model(results):

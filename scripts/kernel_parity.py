@@ -155,9 +155,9 @@ def main():
   results = []
   kw = dict(out=args.out)
 
-  def check(results, name, *a, **k):  # the selection of --only
-    if only is None or f"{name}/{jnp.dtype(a[8]).name}" in only:
-      _check(results, name, *a, **k)
+  def check(results, name, B, C, M, S, H, Hkv, D, K, dtype, **k):  # the selection of --only
+    if only is None or f"{name}/{jnp.dtype(dtype).name}" in only:
+      _check(results, name, B, C, M, S, H, Hkv, D, K, dtype, **k)
 
   for dtype in (jnp.float32, jnp.bfloat16):
     # duplicates, a row of zero weights, an empty slot per row, an unread chunk (extra=True)

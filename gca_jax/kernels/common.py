@@ -91,7 +91,7 @@ def inverted_index(indices, weights, M: int):
   counts = jnp.zeros((B, M + 1), jnp.int32).at[rows, key].add(1)
   offsets = jnp.concatenate([jnp.zeros((B, 1), jnp.int32), jnp.cumsum(counts[:, :M], axis=1)],
                             axis=1)
-  return order, offsets.astype(jnp.int32)
+  return order, offsets
 
 
 def longest_first(offsets, n_readers: int):

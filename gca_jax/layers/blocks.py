@@ -73,8 +73,8 @@ class ChunkEncoder(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     e = RMSNorm(self.eps, name="input_norm", **kw)(x_BxCxSxd)
     for i in range(self.num_layers):
-      e = DecoderBlock(self.num_heads, self.head_dim, self.mlp_dim, "bidirectional", None, self.impl,
-                       self.rope_theta, self.eps, self.std, name=f"layer_{i}", **kw)(e)
+      e = DecoderBlock(self.num_heads, self.head_dim, self.mlp_dim, "bidirectional", None,
+                       self.impl, self.rope_theta, self.eps, self.std, name=f"layer_{i}", **kw)(e)
     return RMSNorm(self.eps, name="final_norm", **kw)(e)
 
 
