@@ -69,10 +69,12 @@ def _key_str(k) -> str:
 
 
 def flatten_params(params) -> dict[str, np.ndarray]:
-  """{"a/b/kernel": numpy array} of a nested parameter tree (Flax path joined with "/")."""
+  """{"a/b/kernel": numpy array} of a nested parameter tree (Flax path joined with "/");
+  `nn.Partitioned` boxes (from `init`) are unboxed."""
+  import flax.linen as nn
   import jax
   flat = {}
-  for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+  for path, x in jax.tree_util.tree_flatten_with_path(nn.unbox(params))[0]:
     parts = [_key_str(k) for k in path]
     bad = [p for p in parts if "/" in p or not p]
     if bad:
@@ -116,9 +118,11 @@ def _expected_shapes(config: DRTConfig) -> dict[str, tuple[tuple[int, ...], str]
 
 
 def flatten_params_abstract(tree) -> dict:
+  """Like `flatten_params`, without converting leaves (arrays or ShapeDtypeStructs)."""
+  import flax.linen as nn
   import jax
   return {"/".join(_key_str(k) for k in path): x
-          for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+          for path, x in jax.tree_util.tree_flatten_with_path(nn.unbox(tree))[0]}
 
 
 def abstract_params(config: DRTConfig, sharding=None) -> dict:
