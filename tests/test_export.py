@@ -23,7 +23,10 @@ SHIPPED = {"sotu_drt": "drt", "sotu_swa": "swa", "sotu_landmark": "landmark",
 
 
 def _init(cfg=CFG, seed=0):
-  return DRT(cfg).init(jax.random.key(seed), jnp.zeros((1, 8), jnp.int32))["params"]
+  """Random float32 params of `DRT(cfg)`'s shapes (cheaper than `init` on CPU)."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda a: (rng.standard_normal(a.shape) * 0.05).astype(a.dtype),
+                      ex.abstract_params(cfg))
 
 
 def _flat(params):
@@ -160,15 +163,17 @@ def test_save_load_roundtrip(tmp_path, dtype):
   assert {x.dtype for x in jax.tree.leaves(m.params)} == {np.dtype(np.float32)}
   _assert_same_bits(jax.tree.map(lambda x: np.asarray(x).astype(np.float32), want), m.params)
   assert isinstance(jax.tree.leaves(m.params)[0], jax.Array)
-  tokens = jnp.asarray((np.arange(50) * 7 % 4096)[None])
-  a = DRT(CFG).apply({"params": jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), want)},
-                     tokens)
-  np.testing.assert_array_equal(np.asarray(a), np.asarray(DRT(CFG).apply({"params": m.params},
-                                                                         tokens)))
+  if dtype is None:
+    fwd = jax.jit(lambda p, t: DRT(CFG).apply({"params": p}, t))
+    tokens = jnp.asarray((np.arange(50) * 7 % 4096)[None])
+    np.testing.assert_array_equal(np.asarray(fwd(params, tokens)),
+                                  np.asarray(fwd(m.params, tokens)))
 
 
 def test_key_naming_and_config_json(tmp_path):
-  out = ex.save_model(str(tmp_path / "m"), {"params": _init()}, CFG)
+  import flax.linen as nn
+  boxed = jax.tree.map(lambda x: nn.Partitioned(x, (None,) * x.ndim), _init())
+  out = ex.save_model(str(tmp_path / "m"), {"params": boxed}, CFG)   # as `init` returns it
   header, _ = st.read_header(os.path.join(out, "model.safetensors"))
   assert header.pop("__metadata__") == {"format": "gca_jax-export", "version": "1"}
   assert "upper_0/gca/q_proj/kernel" in header and "encoder/layer_0/attn/k_proj/kernel" in header
@@ -335,8 +340,22 @@ def test_load_run(tiny_run):
   assert m2.meta["step"] == 2
   _assert_same_bits(_full_restore(tiny_run, 2), m2.params)
   assert not np.array_equal(np.asarray(m.params["embedding"]), np.asarray(m2.params["embedding"]))
-  with pytest.raises(ex.ExportError, match=r"no checkpoint for step 3.*available: \[2, 4\]"):
+  with pytest.raises(ex.ExportError, match=r"no checkpoint for step 3; available: \[2, 4\]"):
     ex.load_run(tiny_run, step=3)
+
+
+def test_load_run_config_json_fallback(tiny_run, tmp_path):
+  """A checkpoint without its config item: the run dir's config.json is used."""
+  import shutil
+  run = str(tmp_path / "copy")
+  shutil.copytree(tiny_run, run)
+  shutil.rmtree(os.path.join(run, "checkpoints", "4", "config"))
+  m = ex.load_run(run)
+  assert m.meta["step"] == 4 and m.config == CFG
+  _assert_same_bits(ex.load_run(tiny_run).params, m.params)
+  os.remove(os.path.join(run, "config.json"))
+  with pytest.raises(ex.ExportError, match="no saved config and there is no"):
+    ex.load_run(run)
 
 
 def test_load_run_errors(tmp_path):
@@ -344,6 +363,17 @@ def test_load_run_errors(tmp_path):
     ex.load_run(str(tmp_path / "nope"))
   with pytest.raises(ex.ExportError, match="no checkpoint directory"):
     ex.load_run(str(tmp_path))
+  (tmp_path / "checkpoints").mkdir()
+  with pytest.raises(ex.ExportError, match="no complete checkpoint"):
+    ex.load_run(str(tmp_path))
+
+
+def test_cli_entry_point():
+  import subprocess
+  import sys
+  r = subprocess.run([sys.executable, "-m", "gca_jax.export", "--help"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0 and "--run_dir" in r.stdout and "--dtype" in r.stdout
 
 
 def test_export_run_and_cli(tiny_run, tmp_path, capsys):

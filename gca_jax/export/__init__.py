@@ -352,11 +352,17 @@ def load_run(run_dir: str, step: int | None = None) -> LoadedModel:
   except CheckpointError as e:
     raise ExportError(f"run_dir {run_dir!r}: {e}") from e
   try:
-    try:
-      step, saved = ckpt.restore_config(step)
-    except CheckpointError as e:
-      raise ExportError(f"run_dir {run_dir!r}: {e}") from e
-    except (FileNotFoundError, ValueError, KeyError):
+    steps = ckpt.all_steps()
+    if not steps:
+      raise ExportError(f"run_dir {run_dir!r}: no complete checkpoint in {ckpt.directory!r}")
+    if step is None:
+      step = steps[-1]
+    elif step not in steps:
+      raise ExportError(f"run_dir {run_dir!r}: no checkpoint for step {step}; available: "
+                        f"{steps}")
+    if os.path.isdir(os.path.join(ckpt.directory, str(step), "config")):
+      _, saved = ckpt.restore_config(step)
+    else:
       saved = _run_config_json(run_dir)
     if "model" not in saved:
       raise ExportError(f"run_dir {run_dir!r}: the saved run config of step {step} has no "
@@ -370,6 +376,9 @@ def load_run(run_dir: str, step: int | None = None) -> LoadedModel:
       _, params = ckpt.restore_params(step, abstract_params(config, sharding))
     except CheckpointError as e:
       raise ExportError(f"run_dir {run_dir!r}: {e}") from e
+    except (ValueError, KeyError) as e:
+      raise ExportError(f"run_dir {run_dir!r}, step {step}: the checkpoint's params do not fit "
+                        f"the saved model config ({type(e).__name__}: {e})") from e
     try:
       ck_meta = ckpt.restore_meta(step)
     except Exception:  # noqa: BLE001 - meta is informational
