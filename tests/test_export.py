@@ -11,7 +11,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from _train_helpers import ROOT, SMALL_MODEL, TOKENIZER, compile_cache, small_run_config  # noqa: F401
+from _train_helpers import (ROOT, SMALL_MODEL, TOKENIZER, compile_cache,  # noqa: F401
+                            small_run_config)
 from gca_jax import DRT, DRTConfig
 from gca_jax import export as ex
 from gca_jax.export import safetensors_io as st
@@ -291,7 +292,13 @@ def test_load_errors(tmp_path):
   with pytest.raises(ex.ExportError, match="names tokenizer 'tokenizer.model'"):
     ex.load_model(out)
   json.dump(info, open(cfg_path, "w"))
-  os.remove(os.path.join(out, "model.safetensors"))
+  st_path = os.path.join(out, "model.safetensors")
+  with open(st_path, "r+b") as f:
+    f.truncate(os.path.getsize(st_path) - 4)
+  with pytest.raises(ex.ExportError, match=r"model.safetensors: tensors cover \d+ bytes, "
+                                           r"the data section has \d+ \(truncated"):
+    ex.load_model(out)
+  os.remove(st_path)
   with pytest.raises(ex.ExportError, match="no model.safetensors"):
     ex.load_model(out)
   with pytest.raises(ex.ExportError, match="dtype='int8'"):
@@ -391,6 +398,9 @@ def test_export_run_and_cli(tiny_run, tmp_path, capsys):
   assert main(["--run_dir", tiny_run, "--out", str(tmp_path / "x"), "--step", "3"]) == 1
   assert "no checkpoint for step 3" in capsys.readouterr().err
   assert not os.path.exists(tmp_path / "x")
+  with pytest.raises(ex.ExportError, match="not a model directory"):   # the run dir itself
+    ex.export_run(tiny_run, tiny_run)
+  assert ex.load_run(tiny_run).meta["step"] == 4
 
 
 # -- the shipped exports -----------------------------------------------------------------------

@@ -38,8 +38,9 @@ PARAMS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.model"
 
-__all__ = ["ExportError", "LoadedModel", "SafetensorsError", "check_params", "export_run",
-           "flatten_params", "load_model", "load_run", "save_model", "unflatten_params"]
+__all__ = ["ExportError", "LoadedModel", "SafetensorsError", "abstract_params", "check_params",
+           "export_run", "flatten_params", "load_model", "load_run", "read_config", "save_model",
+           "unflatten_params"]
 
 
 class ExportError(ValueError):
@@ -173,10 +174,17 @@ def _fsync_dir(path: str) -> None:
     os.close(fd)
 
 
+_MODEL_DIR_FILES = {CONFIG_FILE, PARAMS_FILE, TOKENIZER_FILE, "params.npz"}
+
+
 def _replaceable(path: str) -> bool:
-  """True for an empty dir or a model dir (a config.json with a "model" section)."""
-  if not os.listdir(path):
+  """True for an empty dir or a model dir: only export files (or an old params.npz model),
+  with a config.json that has a "model" section. A train.py run dir is never replaceable."""
+  names = set(os.listdir(path))
+  if not names:
     return True
+  if not names <= _MODEL_DIR_FILES or CONFIG_FILE not in names:
+    return False
   try:
     with open(os.path.join(path, CONFIG_FILE)) as f:
       return "model" in json.load(f)
@@ -193,8 +201,9 @@ def _atomic_dir(out_dir: str, write) -> None:
     if not os.path.isdir(out_dir):
       raise ExportError(f"out_dir {out_dir!r} exists and is not a directory")
     if not _replaceable(out_dir):
-      raise ExportError(f"out_dir {out_dir!r} exists and is not a model directory (no "
-                        f"{CONFIG_FILE} with a 'model' section); refusing to replace it")
+      raise ExportError(f"out_dir {out_dir!r} exists and is not a model directory (files "
+                        f"other than {sorted(_MODEL_DIR_FILES)}, or no {CONFIG_FILE} with a "
+                        "'model' section); refusing to replace it")
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
   try:
@@ -319,7 +328,10 @@ def load_model(model_dir: str, dtype=None, *, check: bool = True) -> LoadedModel
   st = os.path.join(model_dir, PARAMS_FILE)
   if not os.path.isfile(st):
     raise ExportError(f"model_dir {model_dir!r}: no {PARAMS_FILE}")
-  flat, _ = safetensors_io.load_file(st)
+  try:
+    flat, _ = safetensors_io.load_file(st)
+  except SafetensorsError as e:
+    raise ExportError(str(e)) from e
   if check:
     _check_flat(flat, config, st)
   dt = None if dtype == "stored" else _np_dtype(config.param_dtype if dtype is None else dtype)
