@@ -115,10 +115,10 @@ def _expected_shapes(config: DRTConfig) -> dict[str, tuple[tuple[int, ...], str]
     return DRT(config).init({"params": k1, "gumbel": k2}, tokens, train=False)["params"]
 
   abstract = nn.unbox(jax.eval_shape(init))
-  return {k: (tuple(v.shape), str(v.dtype)) for k, v in flatten_params_abstract(abstract).items()}
+  return {k: (tuple(v.shape), str(v.dtype)) for k, v in _flatten_abstract(abstract).items()}
 
 
-def flatten_params_abstract(tree) -> dict:
+def _flatten_abstract(tree) -> dict:
   """Like `flatten_params`, without converting leaves (arrays or ShapeDtypeStructs)."""
   import flax.linen as nn
   import jax
@@ -137,7 +137,7 @@ def abstract_params(config: DRTConfig, sharding=None) -> dict:
 def check_params(params, config: DRTConfig, where: str = "params") -> None:
   """Raises ExportError naming the first path whose presence or shape differs from what
   `DRT(config).init` creates (dtypes may differ: exports may store bfloat16)."""
-  _check_flat(flatten_params_abstract(params), config, where)
+  _check_flat(_flatten_abstract(params), config, where)
 
 
 def _check_flat(flat: Mapping[str, Any], config: DRTConfig, where: str) -> None:
@@ -194,7 +194,9 @@ def _replaceable(path: str) -> bool:
 
 def _atomic_dir(out_dir: str, write) -> None:
   """Runs `write(tmp_dir)` in a fresh temp dir beside `out_dir`, fsyncs it, then renames it to
-  `out_dir`. An existing `out_dir` is replaced only after the new one is complete."""
+  `out_dir`. An existing `out_dir` is replaced only after the new one is complete: it is moved
+  into `.<name>.old-*` (where a crash between the two renames would leave it), the new one
+  renamed in, the old one deleted. A failed write removes its temp dir and leaves `out_dir`."""
   out_dir = os.path.abspath(out_dir.rstrip("/") or "/")
   parent, name = os.path.dirname(out_dir), os.path.basename(out_dir)
   if os.path.exists(out_dir):
