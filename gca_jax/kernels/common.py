@@ -185,25 +185,6 @@ def operator_flops(B, C, S, T, H, D, K, *, backward: bool):
   return per * (2 + (7 if backward else 0))
 
 
-def random_retrieval(key, B: int, C: int, M: int, K: int, *, causal: bool = True):
-  """Indices/weights like the model's (benchmarks, parity): Gumbel top-K of random scores over the
-  memory chunks j < c (strict causal) when causal and M == C, else over all M; softmax weights;
-  slots without a valid chunk get index 0 and weight 0; then the causal shift by one chunk (chunk
-  0 reads nothing). Returns (indices int32 [B,C,K], weights f32 [B,C,K])."""
-  from gca_jax.layers.retrieval import gumbel_noise, masked_topk_weights, shift_to_next_chunk
-  k1, k2 = jax.random.split(key)
-  scores = jax.random.normal(k1, (B, C, M), jnp.float32)
-  if causal and M == C:
-    valid = jnp.arange(M)[None, None, :] < jnp.arange(C)[None, :, None]
-  else:
-    valid = jnp.ones((B, C, M), bool)
-  valid = jnp.broadcast_to(valid, (B, C, M))
-  idx, w, _ = masked_topk_weights(scores, valid, K, gumbel_noise(k2, (B, C, M)))
-  if causal and M == C:
-    idx, w = shift_to_next_chunk(idx, w)
-  return idx, w
-
-
 def lse_custom_vjp(fwd, bwd):
   """The custom_vjp shared by both kernels: `fwd(q,k,v,idx,w,cfg) -> (o, lse)` saves only the
   per-slot log-sum-exp (o and lse carry the checkpoint names "gca_o", "gca_lse");

@@ -48,7 +48,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from gca_jax.kernels import common
-from gca_jax.ops.gca import UnsupportedGCAInput
+from gca_jax.ops.errors import UnsupportedGCAInput
 
 _DTYPES = (jnp.float32, jnp.bfloat16)
 _NT = (((1,), (1,)), ((), ()))

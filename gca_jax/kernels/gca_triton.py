@@ -63,7 +63,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from gca_jax.kernels import common
-from gca_jax.ops.gca import UnsupportedGCAInput
+from gca_jax.ops.errors import UnsupportedGCAInput
 
 LOG2E = math.log2(math.e)
 LN2 = math.log(2.0)

@@ -15,11 +15,12 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from gca_jax.ops.errors import UnsupportedGCAInput
 from gca_jax.sharding import per_device_call
 
-
-class UnsupportedGCAInput(ValueError):
-  """The chosen GCA implementation cannot run these shapes or dtypes."""
+__all__ = ["UnsupportedGCAInput", "available_gca_impls", "gca_reference",
+           "grouped_cross_attention", "register_gca_impl", "registered_gca_impls",
+           "resolve_gca_impl"]
 
 
 def _check_shapes(q, k, v, indices, weights) -> tuple[int, int]:
@@ -77,32 +78,27 @@ _IMPLS: dict[str, _Impl] = {}
 
 def register_gca_impl(name: str, fn: Callable, platforms: tuple[str, ...],
                       supports: Callable[..., str | None] = lambda *a: None) -> None:
-  """Registers a kernel `fn(q, k, v, indices, weights) -> o` under `name` (kernel issue hook)."""
+  """Registers a kernel `fn(q, k, v, indices, weights) -> o` under `name` for the backends in
+  `platforms` ("gpu", "tpu", ...); `supports(q, k, v, indices, weights)` returns None or the reason
+  it cannot run them. Registering a name again replaces it."""
   if name in ("auto", "xla"):
-    raise ValueError(f"GCA impl name {name!r} is reserved")
+    raise ValueError(f"register_gca_impl: name {name!r} is reserved")
   _IMPLS[name] = _Impl(fn, tuple(platforms), supports)
 
 
-_KERNELS_LOADED = False
-
-
-def _load_kernels() -> None:
-  """Imports gca_jax.kernels once (lazily: keeps Pallas out of `import gca_jax`); it registers
-  "pallas_triton" (GPU) and "pallas_tpu" (TPU)."""
-  global _KERNELS_LOADED
-  if not _KERNELS_LOADED:
-    _KERNELS_LOADED = True
-    import gca_jax.kernels  # noqa: F401
+def registered_gca_impls() -> tuple[str, ...]:
+  """Names of the registered kernels, in registration order ("auto" tries them in this order)."""
+  return tuple(_IMPLS)
 
 
 def available_gca_impls() -> tuple[str, ...]:
-  _load_kernels()
+  """Every valid `impl=`: "auto", "xla" and the registered kernels (`import gca_jax` registers
+  "pallas_triton" and "pallas_tpu" from `gca_jax.kernels`)."""
   return ("auto", "xla") + tuple(_IMPLS)
 
 
 def resolve_gca_impl(impl: str, q, k, v, indices, weights) -> str:
   """Maps `impl` to a concrete implementation name, or raises a clear error."""
-  _load_kernels()
   if impl == "xla":
     return impl
   backend = jax.default_backend()
