@@ -29,11 +29,16 @@ KERNEL_THIRD_PARTY = ("jax", "jaxlib", "numpy")
 KERNEL_ALLOWED = ("gca_jax.kernels", "gca_jax.ops.gca", "gca_jax.ops.errors")
 # Known violations, outside gca_jax/ops, kernels and config: the rule stands; each is reported
 # as a warning (not a failure) until the change that removes it. Drop the entry then.
-KNOWN_VIOLATIONS: set[tuple[str, str]] = set()   # (importer, imported)
+KNOWN_VIOLATIONS = {   # (importer, imported)
+    # the host chunk store is reached from the layer (stream memory="host"); it belongs below
+    # layers (e.g. gca_jax/layers/host_store.py), the engine importing it from there
+    ("gca_jax.layers.memory", "gca_jax.inference.host"),
+}
 KNOWN_CYCLES = {
-    # evaluation.py imports gca_jax.train.state/step, whose package __init__ imports trainer,
-    # which imports gca_jax.evaluation inside `Trainer` (function level).
+    # evaluation imports gca_jax.train.state/step, whose package __init__ imports trainer, which
+    # imports the evaluation inside `Trainer` (function level); the same after the move to eval/
     frozenset({"gca_jax.evaluation", "gca_jax.train", "gca_jax.train.trainer"}),
+    frozenset({"gca_jax.eval", "gca_jax.eval.perplexity", "gca_jax.train", "gca_jax.train.trainer"}),
 }
 
 
