@@ -18,6 +18,8 @@ import _parity as P
 from gca_jax.kernels import gca_triton
 from gca_jax.ops.gca import gca_reference
 
+pytestmark = pytest.mark.skipif(P.GPU, reason="CPU harness; on a GPU the gpu tests run")
+
 TINY = (1, 3, 4, 16, 2, 1, 16, 2)   # B, C, M, S, H, Hkv, D, K (Triton: S, D powers of two >= 16)
 
 
