@@ -38,7 +38,8 @@ KNOWN_CYCLES = {
     # evaluation imports gca_jax.train.state/step, whose package __init__ imports trainer, which
     # imports the evaluation inside `Trainer` (function level); the same after the move to eval/
     frozenset({"gca_jax.evaluation", "gca_jax.train", "gca_jax.train.trainer"}),
-    frozenset({"gca_jax.eval", "gca_jax.eval.perplexity", "gca_jax.train", "gca_jax.train.trainer"}),
+    frozenset({"gca_jax.eval", "gca_jax.eval.perplexity", "gca_jax.train",
+               "gca_jax.train.trainer"}),
 }
 
 

@@ -25,20 +25,23 @@ __all__ = ["UnsupportedGCAInput", "available_gca_impls", "gca_reference",
 
 def _check_shapes(q, k, v, indices, weights) -> tuple[int, int]:
   if q.ndim != 5 or k.ndim != 5 or v.ndim != 5:
-    raise ValueError(f"grouped_cross_attention: q, k, v must be rank 5 [B,C,S,H,D] / [B,M,S,Hkv,D]; "
-                     f"got q{q.shape} k{k.shape} v{v.shape}")
+    raise ValueError(f"grouped_cross_attention: q, k, v must be rank 5 [B,C,S,H,D] / "
+                     f"[B,M,S,Hkv,D]; got q{q.shape} k{k.shape} v{v.shape}")
   B, C, S, H, D = q.shape
   if k.shape != v.shape:
     raise ValueError(f"grouped_cross_attention: k{k.shape} and v{v.shape} differ")
   Bk, M, Sk, Hkv, Dk = k.shape
   if Bk != B or Dk != D:
-    raise ValueError(f"grouped_cross_attention: k{k.shape} does not match q{q.shape} in batch or head dim")
+    raise ValueError(f"grouped_cross_attention: k{k.shape} does not match q{q.shape} in batch "
+                     "or head dim")
   if H % Hkv:
-    raise ValueError(f"grouped_cross_attention: num query heads {H} not divisible by kv heads {Hkv}")
+    raise ValueError(f"grouped_cross_attention: num query heads {H} not divisible by kv heads "
+                     f"{Hkv}")
   if indices.ndim != 3 or indices.shape[:2] != (B, C):
     raise ValueError(f"grouped_cross_attention: indices{indices.shape} must be [B={B}, C={C}, K]")
   if weights.shape != indices.shape:
-    raise ValueError(f"grouped_cross_attention: weights{weights.shape} must equal indices{indices.shape}")
+    raise ValueError(f"grouped_cross_attention: weights{weights.shape} must equal "
+                     f"indices{indices.shape}")
   if not jnp.issubdtype(indices.dtype, jnp.integer):
     raise ValueError(f"grouped_cross_attention: indices must be integer, got {indices.dtype}")
   return H // Hkv, Sk
@@ -108,7 +111,8 @@ def resolve_gca_impl(impl: str, q, k, v, indices, weights) -> str:
         return name
     return "xla"
   if impl not in _IMPLS:
-    raise ValueError(f"grouped_cross_attention: unknown impl {impl!r}; available: {available_gca_impls()}")
+    raise ValueError(f"grouped_cross_attention: unknown impl {impl!r}; available: "
+                     f"{available_gca_impls()}")
   entry = _IMPLS[impl]
   reason = entry.supports(q, k, v, indices, weights)
   if reason is not None:

@@ -129,7 +129,8 @@ def gca_kernel_row(name, B, C, M, S, H, Hkv, D, K, dtype, *, causal=False, extra
     poison = {} if kernel else dict(poison_outputs=True)
     got = [np.asarray(x.astype(jnp.float32))
            for x in gca_kernel_grads(q, k, v, idx, w, do, kernel, **poison)]
-    again = [np.asarray(x.astype(jnp.float32)) for x in gca_kernel_grads(q, k, v, idx, w, do, kernel)]
+    again = [np.asarray(x.astype(jnp.float32))
+             for x in gca_kernel_grads(q, k, v, idx, w, do, kernel)]
     row["rel_err"] = {n: common.rel_err(g, r) for n, g, r in zip(NAMES, got, ref)}
     row["finite"] = all_finite(got)
     row["bitwise_repeat"] = bool(all(np.array_equal(a, b, equal_nan=False)
@@ -206,7 +207,8 @@ def swa_rows(B, T, H, G, D, W, dtype, impl="cudnn") -> list[dict]:
   q, k, v, do = _attn_inputs(T + W + H, (B, T, H, D), (B, T, G, D), dtype)
   shape = dict(B=B, T=T, H=H, G=G, D=D, W=W, impl=impl)
   return [
-      attention_row(f"swa_{impl}", lambda q, k, v: ops.sliding_window_attention(q, k, v, W, impl=impl),
+      attention_row(f"swa_{impl}",
+                    lambda q, k, v: ops.sliding_window_attention(q, k, v, W, impl=impl),
                     lambda q, k, v: swa.swa_xla(q, k, v, W), q, k, v, do, **shape),
       attention_row(f"causal_{impl}", lambda q, k, v: ops.causal_attention(q, k, v, impl=impl),
                     swa.attention_reference, q, k, v, do, **shape)]
