@@ -175,21 +175,28 @@ def _attn_inputs(seed, qshape, kshape, dtype):
           jax.random.normal(ks[2], kshape, dtype), jax.random.normal(ks[3], qshape, dtype))
 
 
-def _jit_vjp(fn):
-  """jit of (q, k, v, do) -> (fn(q, k, v), dq, dk, dv)."""
+def _jit_vjp(fn, precision=None):
+  """jit of (q, k, v, do) -> (fn(q, k, v), dq, dk, dv), f32 dots at `precision` if given."""
   def f(q, k, v, do):
     o, vjp = jax.vjp(fn, q, k, v)
     return (o, *vjp(do))
-  return jax.jit(f)
+  if precision is None:
+    return jax.jit(f)
+
+  def g(*args):
+    with jax.default_matmul_precision(precision):
+      return f(*args)
+  return jax.jit(g)
 
 
 def attention_row(check, fn, ref, q, k, v, do, **shape) -> dict:
-  """fn (jitted, the inputs' dtype) vs ref (f32), forward and dq/dk/dv."""
+  """fn (jitted, the inputs' dtype) vs ref (f32, Precision.HIGHEST), forward and dq/dk/dv."""
   row = dict(check=check, **shape, dtype=str(jnp.dtype(q.dtype)))
   try:
     t0 = time.time()
     f32 = lambda x: x.astype(jnp.float32)
-    o_ref, *g_ref = _jit_vjp(lambda q, k, v: ref(f32(q), f32(k), f32(v)))(q, k, v, f32(do))
+    o_ref, *g_ref = _jit_vjp(lambda q, k, v: ref(f32(q), f32(k), f32(v)), "highest")(
+        q, k, v, f32(do))
     o, *g = _jit_vjp(fn)(q, k, v, do)
     row["auto"] = ops.resolve_attention_impl("auto", q)
     row["rel_err"] = {n: common.rel_err(a, b)

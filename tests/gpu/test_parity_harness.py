@@ -99,3 +99,14 @@ def test_gpu_tests_collected_and_skipped_on_cpu():
   assert skipped == 2 * 8 + 2 + 1 + 4 + 2 + 1, out[-3000:]
   assert "passed" not in out and "failed" not in out
   assert "needs a GPU" in out and jax.default_backend() == "cpu"
+
+
+def test_random_retrieval_is_model_like():
+  """bench/gca_kernel.random_retrieval (the causal GPU cases): chunk c reads only chunks < c - 1
+  (strict causal top-K, then the one-chunk shift), weights sum to 1 where a chunk exists."""
+  idx, w = (np.asarray(x) for x in P.random_retrieval(jax.random.key(3), 2, 10, 10, 3))
+  assert idx.shape == w.shape == (2, 10, 3) and idx.dtype == np.int32
+  c = np.arange(10)[None, :, None]
+  assert np.all(w[:, :2] == 0) and np.all(idx[w > 0] < np.broadcast_to(c - 1, w.shape)[w > 0])
+  np.testing.assert_allclose(w[:, 2:].sum(-1), 1.0, rtol=1e-6)
+  assert np.array_equal((w > 0).sum(-1)[0], np.minimum(np.maximum(np.arange(10) - 1, 0), 3))
