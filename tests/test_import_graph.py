@@ -27,19 +27,18 @@ FORBIDDEN = {
 # kernels import only the standard library, jax, numpy, their own package and the ops registry
 KERNEL_THIRD_PARTY = ("jax", "jaxlib", "numpy")
 KERNEL_ALLOWED = ("gca_jax.kernels", "gca_jax.ops.gca", "gca_jax.ops.errors")
-# Known violations, outside gca_jax/ops, kernels and config: the rule stands; each is reported
-# as a warning (not a failure) until the change that removes it. Drop the entry then.
-KNOWN_VIOLATIONS = {   # (importer, imported)
-    # the host chunk store is reached from the layer (stream memory="host"); it belongs below
-    # layers (e.g. gca_jax/layers/host_store.py), the engine importing it from there
-    ("gca_jax.layers.memory", "gca_jax.inference.host"),
-}
-KNOWN_CYCLES = {
+# Known violations (imports in files outside ops/kernels/config, written by other changes): the
+# rule stands; each such import is left out of the graph and reported as a warning, not a
+# failure, until the change that removes it. Drop the entry then. (importer, imported): why.
+KNOWN_VIOLATIONS = {
+    # the host chunk store (stream memory="host") is reached from the layers; it belongs below
+    # them (e.g. gca_jax/layers/host_store.py), the engine importing it from there
+    ("gca_jax.layers.memory", "gca_jax.inference.host"): "layers -> inference",
+    ("gca_jax.layers.landmark_cache", "gca_jax.inference.host"): "layers -> inference",
     # evaluation imports gca_jax.train.state/step, whose package __init__ imports trainer, which
-    # imports the evaluation inside `Trainer` (function level); the same after the move to eval/
-    frozenset({"gca_jax.evaluation", "gca_jax.train", "gca_jax.train.trainer"}),
-    frozenset({"gca_jax.eval", "gca_jax.eval.perplexity", "gca_jax.train",
-               "gca_jax.train.trainer"}),
+    # imports the evaluation inside `Trainer` (function level): a cycle
+    ("gca_jax.train.trainer", "gca_jax.evaluation"): "train <-> evaluation cycle",
+    ("gca_jax.train.trainer", "gca_jax.eval"): "train <-> eval cycle",
 }
 
 
@@ -62,7 +61,8 @@ def _is_pkg(path: str) -> bool:
 def _imports(name: str, path: str, modules: dict[str, str]) -> list[tuple[str, int]]:
   """(imported module, line) for every import statement in the file: `from P import n` yields
   P.n when that is a module (Python imports it as one) else P; relative imports resolved."""
-  tree = ast.parse(open(path, encoding="utf-8").read(), path)
+  with open(path, encoding="utf-8") as f:
+    tree = ast.parse(f.read(), path)
   base = name if _is_pkg(path) else name.rpartition(".")[0]
   out = []
   for node in ast.walk(tree):
@@ -81,16 +81,17 @@ def _imports(name: str, path: str, modules: dict[str, str]) -> list[tuple[str, i
   return out
 
 
-def _graph():
+def _graph(skip_known: bool = True):
   """Edges between gca_jax modules. Importing a.b.c also runs the packages a.b and a; those
-  that are not packages of the importer itself (already being imported) count as edges."""
+  that are not packages of the importer itself (already being imported) count as edges.
+  skip_known: leave the KNOWN_VIOLATIONS imports out."""
   modules = _modules()
   edges, raw = {m: set() for m in modules}, {}
   for name, path in modules.items():
     raw[name] = _imports(name, path, modules)
     own = {name.rsplit(".", i)[0] for i in range(name.count(".") + 1)}
     for mod, _ in raw[name]:
-      if not (mod == PKG or mod.startswith(PKG + ".")):
+      if not (mod == PKG or mod.startswith(PKG + ".")) or (skip_known and (name, mod) in KNOWN_VIOLATIONS):
         continue
       parts = mod.split(".")
       targets = {mod} | {".".join(parts[:i]) for i in range(2, len(parts))}
@@ -153,11 +154,7 @@ def test_graph_sees_function_level_and_relative_imports(tmp_path):
 def test_no_import_cycles():
   modules, edges, _ = _graph()
   assert len(modules) > 30 and "gca_jax.kernels.gca_triton" in modules
-  cycles = _cycles(edges)
-  for c in cycles:
-    if frozenset(c) in KNOWN_CYCLES:
-      warnings.warn(f"known import cycle (to remove): {c}")
-  assert [c for c in cycles if frozenset(c) not in KNOWN_CYCLES] == []
+  assert _cycles(edges) == []  # without the KNOWN_VIOLATIONS imports
 
 
 def test_ops_never_imports_kernels_and_kernels_register_into_ops():
@@ -189,11 +186,22 @@ def _layering_violations():
 
 def test_layering():
   bad = _layering_violations()
-  for b in bad:
-    if (b[0], b[1]) in KNOWN_VIOLATIONS:
-      warnings.warn(f"known layering violation (to remove): {b}")
   new = [b for b in bad if (b[0], b[1]) not in KNOWN_VIOLATIONS]
   assert new == [], "imports across layers (importer, imported, line): " + repr(new)
+
+
+def test_known_violations_are_reported():
+  """Each KNOWN_VIOLATIONS import still present is a warning; with them in the graph, every
+  cycle goes through one of them (they explain all that the other tests leave out)."""
+  modules, _, raw = _graph()
+  present = {(name, mod) for name in modules for mod, _ in raw[name]}
+  for key, why in KNOWN_VIOLATIONS.items():
+    if key in present:
+      warnings.warn(f"known import violation to remove ({why}): {key[0]} imports {key[1]}")
+  full = _graph(skip_known=False)[1]
+  known_importers = {k[0] for k in KNOWN_VIOLATIONS if k in present}
+  for cycle in _cycles(full):
+    assert known_importers & set(cycle), f"cycle not explained by KNOWN_VIOLATIONS: {cycle}"
 
 
 def test_importing_ops_alone_gives_the_registered_kernels():
