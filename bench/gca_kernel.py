@@ -61,6 +61,27 @@ def _mem_analysis(fn, args):
     return dict(error=f"{type(e).__name__}: {e}"[:300])
 
 
+def random_retrieval(key, B: int, C: int, M: int, K: int, *, causal: bool = True):
+  """Indices/weights like the model's (benchmarks, parity): Gumbel top-K of random scores over the
+  memory chunks j < c (strict causal) when causal and M == C, else over all M; softmax weights;
+  slots without a valid chunk get index 0 and weight 0; then the causal shift by one chunk (chunk
+  0 reads nothing). Returns (indices int32 [B,C,K], weights f32 [B,C,K])."""
+  import jax
+  import jax.numpy as jnp
+  from gca_jax.layers.retrieval import gumbel_noise, masked_topk_weights, shift_to_next_chunk
+  k1, k2 = jax.random.split(key)
+  scores = jax.random.normal(k1, (B, C, M), jnp.float32)
+  if causal and M == C:
+    valid = jnp.arange(M)[None, None, :] < jnp.arange(C)[None, :, None]
+  else:
+    valid = jnp.ones((B, C, M), bool)
+  valid = jnp.broadcast_to(valid, (B, C, M))
+  idx, w, _ = masked_topk_weights(scores, valid, K, gumbel_noise(k2, (B, C, M)))
+  if causal and M == C:
+    idx, w = shift_to_next_chunk(idx, w)
+  return idx, w
+
+
 def worker_copy(iters):
   import jax
   import jax.numpy as jnp
@@ -85,7 +106,7 @@ def worker_case(case, impl, iters, sweep):
   k = jax.random.normal(ks[1], (B, M, S, Hkv, D), dt)
   v = jax.random.normal(ks[2], (B, M, S, Hkv, D), dt)
   do = jax.random.normal(ks[3], (B, C, S, H, D), dt)
-  idx, w = jax.jit(lambda key: common.random_retrieval(key, B, C, M, K))(ks[4])
+  idx, w = jax.jit(lambda key: random_retrieval(key, B, C, M, K))(ks[4])
   jax.block_until_ready((q, k, v, do, idx, w))
   op = (lambda q, k, v, i, w: gca_triton.gca_triton(q, k, v, i, w)) if impl == "pallas_triton" \
       else gca_reference

@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from gca_jax.ops import gca as _gca_ops
+from gca_jax.ops.swa import SWA_IMPLS  # the attention `impl=` names (ops/swa.py)
+
 MODEL_KINDS = ("drt", "swa", "full", "landmark")
 GCA_RESIDUALS = ("official", "standard")
-SWA_IMPLS = ("auto", "xla", "cudnn", "splash")
-GCA_IMPLS = ("auto", "xla")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -34,6 +35,8 @@ class DRTConfig:
     for DRT), the query included.
   gca_residual: "official" = `h1 + MLP(norm(h1 + GCA(h1)))` (SPEC §2.4, default);
     "standard" = `h2 = h1 + GCA(h1); h2 + MLP(norm(h2))`.
+  swa_impl: attention kernel, one of `gca_jax.ops.swa.SWA_IMPLS`; gca_impl: GCA kernel, one of
+    `gca_jax.ops.available_gca_impls()` ("auto", "xla" and the kernels registered on import).
   dtype: compute dtype of activations and matmuls; param_dtype: storage dtype of params.
   remat: "none"; "block" (each block recomputed in the backward pass except the GCA kernel's
     q / output / log-sum-exp); "full" (each block recomputed whole: the least memory).
@@ -104,9 +107,10 @@ class DRTConfig:
     if self.gca_residual not in GCA_RESIDUALS:
       self._fail("gca_residual", f"must be one of {GCA_RESIDUALS}")
     if self.swa_impl not in SWA_IMPLS:
-      self._fail("swa_impl", f"must be one of {SWA_IMPLS}")
-    if self.gca_impl not in GCA_IMPLS and not self.gca_impl.startswith("pallas"):
-      self._fail("gca_impl", f"must be one of {GCA_IMPLS} or a registered kernel")
+      self._fail("swa_impl", f"must be one of the attention impls {SWA_IMPLS}")
+    gca_impls = _gca_ops.available_gca_impls()
+    if self.gca_impl not in gca_impls:
+      self._fail("gca_impl", f"must be one of the registered GCA impls {gca_impls}")
     if self.dtype not in DTYPES:
       self._fail("dtype", f"must be one of {DTYPES}")
     if self.param_dtype not in DTYPES:

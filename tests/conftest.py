@@ -1,4 +1,5 @@
-"""Test setup: CPU only, 8 fake devices for sharding tests (set before jax is imported)."""
+"""Test setup: CPU unless JAX_PLATFORMS is set (the gpu tests: `JAX_PLATFORMS=cuda python -m
+pytest -m gpu tests/gpu`), 8 fake host devices for sharding tests (set before jax is imported)."""
 
 import os
 import sys

@@ -9,10 +9,13 @@
 `supports(q, k, v, indices, weights)` returns None, else the XLA reference; an explicit impl with
 unsupported inputs raises `UnsupportedGCAInput` with the reason. Both kernels also run on CPU in
 Pallas interpret mode (explicit impl, or call `pallas_triton` / `pallas_tpu` directly) for testing.
+
+Registration runs when this package is imported (`import gca_jax` does it); `gca_jax.ops` never
+imports this package.
 """
 
 from gca_jax.kernels import common, gca_tpu, gca_triton
-from gca_jax.ops.gca import _IMPLS, register_gca_impl
+from gca_jax.ops.gca import register_gca_impl, registered_gca_impls
 
 pallas_triton = gca_triton.gca_triton
 pallas_tpu = gca_tpu.gca_tpu
@@ -22,9 +25,9 @@ supports_tpu = gca_tpu.supports
 
 def register() -> None:
   """(Re-)registers both kernels with the GCA dispatch (idempotent)."""
-  if "pallas_triton" not in _IMPLS:
+  if "pallas_triton" not in registered_gca_impls():
     register_gca_impl("pallas_triton", pallas_triton, platforms=("gpu",), supports=supports_triton)
-  if "pallas_tpu" not in _IMPLS:
+  if "pallas_tpu" not in registered_gca_impls():
     register_gca_impl("pallas_tpu", pallas_tpu, platforms=("tpu",), supports=supports_tpu)
 
 

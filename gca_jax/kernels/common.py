@@ -12,9 +12,9 @@ from `indices [B,C,K]` and `weights [B,C,K]`:
   gives `order [B, C*K]` (entries sorted by memory chunk, ties in (c, i) order) and CSR offsets
   `offsets [B, M+1]`: the readers of (b, j) are order[b, offsets[b,j] : offsets[b,j+1]];
 * `reader_schedule` (TPU): the same sorted list with one extra "sentinel" entry per memory chunk in
-  front of its readers, so that a sequential grid over the list visits every memory chunk (a chunk
-  nobody reads gets zero gradients), with per-entry flags (first of a chunk / real reader / last of a
-  chunk) and block-index hints.
+  front of its readers, so that a sequential grid over the list visits every memory chunk (a
+  chunk nobody reads gets zero gradients), with per-entry flags (first of a chunk / real reader /
+  last of a chunk) and block-index hints.
 
 Everything is integer work (sort, scatter-add, cumsum), hence deterministic.
 """
@@ -47,7 +47,8 @@ def common_reason(q, k, v, indices, weights, *, dtypes) -> str | None:
   if not (q.dtype == k.dtype == v.dtype):
     return f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
   if jnp.dtype(q.dtype) not in tuple(jnp.dtype(d) for d in dtypes):
-    return f"dtype {q.dtype} not supported (supported: {', '.join(str(jnp.dtype(d)) for d in dtypes)})"
+    names = ", ".join(str(jnp.dtype(d)) for d in dtypes)
+    return f"dtype {q.dtype} not supported (supported: {names})"
   if not jnp.issubdtype(weights.dtype, jnp.floating):
     return f"weights must be floating point, got {weights.dtype}"
   if indices.shape[-1] < 1 or k.shape[1] < 1 or q.shape[1] < 1:
@@ -142,7 +143,8 @@ def reader_schedule(indices, weights, M: int):
   src = jnp.where(is_real, pos, jnp.where(next_real < N, next_real, prev_real))
   src_ent = jnp.where(src >= 0, jnp.take_along_axis(ent, jnp.clip(src, 0, N - 1), axis=1), 0)
   src_ent = jnp.maximum(src_ent, 0)
-  flags = is_sent.astype(jnp.int32) | (is_real.astype(jnp.int32) << 1) | (is_last.astype(jnp.int32) << 2)
+  flags = (is_sent.astype(jnp.int32) | (is_real.astype(jnp.int32) << 1)
+           | (is_last.astype(jnp.int32) << 2))
   return dict(j=j.astype(jnp.int32), c=(src_ent // K).astype(jnp.int32),
               i=(src_ent % K).astype(jnp.int32), flags=flags)
 
@@ -183,25 +185,6 @@ def operator_flops(B, C, S, T, H, D, K, *, backward: bool):
   """Matmul FLOPs: forward 2 (QKᵀ, PV); backward recomputes QKᵀ twice + dOVᵀ twice + dQ, dK, dV."""
   per = 2 * B * C * K * H * S * T * D
   return per * (2 + (7 if backward else 0))
-
-
-def random_retrieval(key, B: int, C: int, M: int, K: int, *, causal: bool = True):
-  """Indices/weights like the model's (benchmarks, parity): Gumbel top-K of random scores over the
-  memory chunks j < c (strict causal) when causal and M == C, else over all M; softmax weights;
-  slots without a valid chunk get index 0 and weight 0; then the causal shift by one chunk (chunk
-  0 reads nothing). Returns (indices int32 [B,C,K], weights f32 [B,C,K])."""
-  from gca_jax.layers.retrieval import gumbel_noise, masked_topk_weights, shift_to_next_chunk
-  k1, k2 = jax.random.split(key)
-  scores = jax.random.normal(k1, (B, C, M), jnp.float32)
-  if causal and M == C:
-    valid = jnp.arange(M)[None, None, :] < jnp.arange(C)[None, :, None]
-  else:
-    valid = jnp.ones((B, C, M), bool)
-  valid = jnp.broadcast_to(valid, (B, C, M))
-  idx, w, _ = masked_topk_weights(scores, valid, K, gumbel_noise(k2, (B, C, M)))
-  if causal and M == C:
-    idx, w = shift_to_next_chunk(idx, w)
-  return idx, w
 
 
 def lse_custom_vjp(fwd, bwd):

@@ -48,7 +48,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from gca_jax.kernels import common
-from gca_jax.ops.gca import UnsupportedGCAInput
+from gca_jax.ops.errors import UnsupportedGCAInput
 
 _DTYPES = (jnp.float32, jnp.bfloat16)
 _NT = (((1,), (1,)), ((), ()))
@@ -253,7 +253,8 @@ def _fwd(q, k, v, idx, w, cfg):
           out_specs=[qspec, lsespec], scratch_shapes=[pltpu.VMEM((S, H * D), jnp.float32)]),
       out_shape=[jax.ShapeDtypeStruct(q2.shape, q.dtype),
                  jax.ShapeDtypeStruct((B, C, K, H, S), jnp.float32)],
-      compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary")),
+      compiler_params=pltpu.CompilerParams(
+          dimension_semantics=("parallel", "parallel", "arbitrary")),
       interpret=cfg["interpret"], name="gca_fwd_tpu",
   )(idx.reshape(-1), w.reshape(-1), q2, k2, v2)
   return o2.reshape(q.shape), lse
@@ -285,7 +286,8 @@ def _bwd(q, k, v, idx, w, lse, do, cfg):
           out_specs=[qspec, dwspec], scratch_shapes=[pltpu.VMEM((S, H * D), jnp.float32)]),
       out_shape=[jax.ShapeDtypeStruct(q2.shape, q.dtype),
                  jax.ShapeDtypeStruct((B, C, 1, K), jnp.float32)],
-      compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary")),
+      compiler_params=pltpu.CompilerParams(
+          dimension_semantics=("parallel", "parallel", "arbitrary")),
       interpret=cfg["interpret"], name="gca_bwd_dq_tpu",
   )(idx.reshape(-1), w.reshape(-1), q2, k2, v2, do2, lse)
 
@@ -301,10 +303,13 @@ def _bwd(q, k, v, idx, w, lse, do, cfg):
   def ent_i(b, n, jt, et):
     return lax.rem(et[b * N + n] >> 3, K)
 
-  qspec2 = pl.BlockSpec((None, None, S, H * D), lambda b, n, jt, et, wt: (b, ent_c(b, n, jt, et), 0, 0))
-  kvspec2 = pl.BlockSpec((None, None, T, Hkv * D), lambda b, n, jt, et, wt: (b, jt[b * N + n], 0, 0))
+  qspec2 = pl.BlockSpec((None, None, S, H * D),
+                        lambda b, n, jt, et, wt: (b, ent_c(b, n, jt, et), 0, 0))
+  kvspec2 = pl.BlockSpec((None, None, T, Hkv * D),
+                         lambda b, n, jt, et, wt: (b, jt[b * N + n], 0, 0))
   lsespec2 = pl.BlockSpec((None, None, None, H, S),
-                          lambda b, n, jt, et, wt: (b, ent_c(b, n, jt, et), ent_i(b, n, jt, et), 0, 0))
+                          lambda b, n, jt, et, wt: (b, ent_c(b, n, jt, et),
+                                                    ent_i(b, n, jt, et), 0, 0))
   dk2, dv2 = pl.pallas_call(
       functools.partial(_dkv_kernel, C=C, K=K, N=N, H=H, R=R, lanes=lanes, scale=scale, prec=prec),
       grid_spec=pltpu.PrefetchScalarGridSpec(

@@ -26,20 +26,21 @@ Kernels (f32 accumulation everywhere; the exp is done as exp2 with log2(e) folde
   by the inverted index (see `common.inverted_index`: XLA sort of the flattened (b,c,i) -> j
   keys + CSR offsets per memory chunk, weight-0 readers dropped since they contribute exactly 0),
   and for each reader (c, i) and each of the R query heads of g (one (reader, head) pair per loop
-  iteration, so only one head's q/dO tiles are in flight in shared memory) recomputes Pᵀ = exp(K Qᵀ − lse),
-  dPᵀ = V dOᵀ, D, and accumulates dV += w Pᵀ dO, dK += dSᵀ Q / sqrt(D) in registers; K_j/V_j are
-  loaded once. Every (b, j, g) tile of dK/dV is written by exactly one program in a fixed order:
-  no atomics, deterministic, and duplicate indices in one row (two readers (c, i1), (c, i2)) just
-  add up. The programs are launched longest reader list first over the whole batch (a 1-D grid
-  over (b, j) ranked by `common.longest_first`, the Hkv heads of one chunk adjacent): under causal
-  retrieval the first chunks have ~ K·ln(C/j) readers, and a per-(b, g) order would start the
-  long programs of the last (b, g) rows at the end of the launch.
+  iteration, so only one head's q/dO tiles are in flight in shared memory) recomputes
+  Pᵀ = exp(K Qᵀ − lse), dPᵀ = V dOᵀ, D, and accumulates dV += w Pᵀ dO, dK += dSᵀ Q / sqrt(D) in
+  registers; K_j/V_j are loaded once. Every (b, j, g) tile of dK/dV is written by exactly one
+  program in a fixed order: no atomics, deterministic, and duplicate indices in one row (two
+  readers (c, i1), (c, i2)) just add up. The programs are launched longest reader list first
+  over the whole batch (a 1-D grid over (b, j) ranked by `common.longest_first`, the Hkv heads of
+  one chunk adjacent): under causal retrieval the first chunks have ~ K·ln(C/j) readers, and a
+  per-(b, g) order would start the long programs of the last (b, g) rows at the end of the launch.
 
 Shared memory: every pass is planned to stay ≤ SMEM_BUDGET = 200 KiB (H100/H200: 227 KiB per
-block) by `smem_estimate`, an upper bound calibrated on Triton's allocation for these kernels; `plan`
-picks per pass the heads per program and 2 pipeline stages where they fit, else fewer (f32 at
-D = 128: dQ with 1 stage, one head per program); dK/dV runs with 1 stage (its reader loop has
-data-dependent bounds and few iterations, where the software pipeliner cost more than it hid).
+block) by `smem_estimate`, an upper bound calibrated on Triton's allocation for these kernels;
+`plan` picks per pass the heads per program and 2 pipeline stages where they fit, else fewer
+(f32 at D = 128: dQ with 1 stage, one head per program); dK/dV runs with 1 stage (its reader
+loop has data-dependent bounds and few iterations, where the software pipeliner cost more than it
+hid).
 A shape that cannot fit at 1 stage (e.g. f32 at D = 256) is refused by `supports` (so
 impl="auto" uses XLA), never a launch failure.
 
@@ -47,8 +48,9 @@ Shapes: T and S must be powers of two ≥ 16 (Triton tile sizes; S = 64 in the m
 of two in [16, 256]; K, M, C, H, Hkv arbitrary (K not a power of two, M < K fine).
 f32 dots use 3-pass TF32 by default (about f32 accuracy; `precision="tf32"` for one pass,
 "highest" for IEEE f32); bf16/f16 dots take their inputs as is with f32 accumulation; P and dS
-are rounded to the input dtype before their matmuls, as in flash attention. Out-of-range indices are clipped into [0, M) (as in
-`gca_reference`). On a CPU backend the kernels run in Pallas interpret mode.
+are rounded to the input dtype before their matmuls, as in flash attention. Out-of-range indices
+are clipped into [0, M) (as in `gca_reference`). On a CPU backend the kernels run in Pallas
+interpret mode.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from gca_jax.kernels import common
-from gca_jax.ops.gca import UnsupportedGCAInput
+from gca_jax.ops.errors import UnsupportedGCAInput
 
 LOG2E = math.log2(math.e)
 LN2 = math.log(2.0)
@@ -169,12 +171,14 @@ def smem_reason(S: int, T: int, D: int, R: int, dtype, *, num_stages=None, max_r
     RB, ns, est = plan(which, S, T, D, R, dtype, num_stages=ns, max_rows=max_rows)
     if est > SMEM_BUDGET:
       return (f"{which} pass needs ~{est} B of shared memory (S={S}, T={T}, D={D}, "
-              f"{jnp.dtype(dtype).name}, {RB} head(s)/program, {ns} stage(s)) > budget {SMEM_BUDGET} B")
+              f"{jnp.dtype(dtype).name}, {RB} head(s)/program, {ns} stage(s)) > budget "
+              f"{SMEM_BUDGET} B")
   return None
 
 
 def _dot(a, b, *, trans_a=False, trans_b=False, precision=None):
-  """2-D matmul with f32 accumulation (a: [m,k] or [k,m] if trans_a; b: [k,n] or [n,k] if trans_b)."""
+  """2-D matmul with f32 accumulation (a: [m,k], or [k,m] if trans_a; b: [k,n], or [n,k] if
+  trans_b)."""
   dims = (((0 if trans_a else 1,), (1 if trans_b else 0,)), ((), ()))
   return lax.dot_general(a, b, dims, precision=precision, preferred_element_type=jnp.float32)
 

@@ -15,29 +15,33 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from gca_jax.ops.errors import UnsupportedGCAInput
 from gca_jax.sharding import per_device_call
 
-
-class UnsupportedGCAInput(ValueError):
-  """The chosen GCA implementation cannot run these shapes or dtypes."""
+__all__ = ["UnsupportedGCAInput", "available_gca_impls", "gca_reference",
+           "grouped_cross_attention", "register_gca_impl", "registered_gca_impls",
+           "resolve_gca_impl"]
 
 
 def _check_shapes(q, k, v, indices, weights) -> tuple[int, int]:
   if q.ndim != 5 or k.ndim != 5 or v.ndim != 5:
-    raise ValueError(f"grouped_cross_attention: q, k, v must be rank 5 [B,C,S,H,D] / [B,M,S,Hkv,D]; "
-                     f"got q{q.shape} k{k.shape} v{v.shape}")
+    raise ValueError(f"grouped_cross_attention: q, k, v must be rank 5 [B,C,S,H,D] / "
+                     f"[B,M,S,Hkv,D]; got q{q.shape} k{k.shape} v{v.shape}")
   B, C, S, H, D = q.shape
   if k.shape != v.shape:
     raise ValueError(f"grouped_cross_attention: k{k.shape} and v{v.shape} differ")
   Bk, M, Sk, Hkv, Dk = k.shape
   if Bk != B or Dk != D:
-    raise ValueError(f"grouped_cross_attention: k{k.shape} does not match q{q.shape} in batch or head dim")
+    raise ValueError(f"grouped_cross_attention: k{k.shape} does not match q{q.shape} in batch "
+                     "or head dim")
   if H % Hkv:
-    raise ValueError(f"grouped_cross_attention: num query heads {H} not divisible by kv heads {Hkv}")
+    raise ValueError(f"grouped_cross_attention: num query heads {H} not divisible by kv heads "
+                     f"{Hkv}")
   if indices.ndim != 3 or indices.shape[:2] != (B, C):
     raise ValueError(f"grouped_cross_attention: indices{indices.shape} must be [B={B}, C={C}, K]")
   if weights.shape != indices.shape:
-    raise ValueError(f"grouped_cross_attention: weights{weights.shape} must equal indices{indices.shape}")
+    raise ValueError(f"grouped_cross_attention: weights{weights.shape} must equal "
+                     f"indices{indices.shape}")
   if not jnp.issubdtype(indices.dtype, jnp.integer):
     raise ValueError(f"grouped_cross_attention: indices must be integer, got {indices.dtype}")
   return H // Hkv, Sk
@@ -77,32 +81,27 @@ _IMPLS: dict[str, _Impl] = {}
 
 def register_gca_impl(name: str, fn: Callable, platforms: tuple[str, ...],
                       supports: Callable[..., str | None] = lambda *a: None) -> None:
-  """Registers a kernel `fn(q, k, v, indices, weights) -> o` under `name` (kernel issue hook)."""
+  """Registers a kernel `fn(q, k, v, indices, weights) -> o` under `name` for the backends in
+  `platforms` ("gpu", "tpu", ...); `supports(q, k, v, indices, weights)` returns None or the reason
+  it cannot run them. Registering a name again replaces it."""
   if name in ("auto", "xla"):
-    raise ValueError(f"GCA impl name {name!r} is reserved")
+    raise ValueError(f"register_gca_impl: name {name!r} is reserved")
   _IMPLS[name] = _Impl(fn, tuple(platforms), supports)
 
 
-_KERNELS_LOADED = False
-
-
-def _load_kernels() -> None:
-  """Imports gca_jax.kernels once (lazily: keeps Pallas out of `import gca_jax`); it registers
-  "pallas_triton" (GPU) and "pallas_tpu" (TPU)."""
-  global _KERNELS_LOADED
-  if not _KERNELS_LOADED:
-    _KERNELS_LOADED = True
-    import gca_jax.kernels  # noqa: F401
+def registered_gca_impls() -> tuple[str, ...]:
+  """Names of the registered kernels, in registration order ("auto" tries them in this order)."""
+  return tuple(_IMPLS)
 
 
 def available_gca_impls() -> tuple[str, ...]:
-  _load_kernels()
+  """Every valid `impl=`: "auto", "xla" and the registered kernels (`import gca_jax` registers
+  "pallas_triton" and "pallas_tpu" from `gca_jax.kernels`)."""
   return ("auto", "xla") + tuple(_IMPLS)
 
 
 def resolve_gca_impl(impl: str, q, k, v, indices, weights) -> str:
   """Maps `impl` to a concrete implementation name, or raises a clear error."""
-  _load_kernels()
   if impl == "xla":
     return impl
   backend = jax.default_backend()
@@ -112,7 +111,8 @@ def resolve_gca_impl(impl: str, q, k, v, indices, weights) -> str:
         return name
     return "xla"
   if impl not in _IMPLS:
-    raise ValueError(f"grouped_cross_attention: unknown impl {impl!r}; available: {available_gca_impls()}")
+    raise ValueError(f"grouped_cross_attention: unknown impl {impl!r}; available: "
+                     f"{available_gca_impls()}")
   entry = _IMPLS[impl]
   reason = entry.supports(q, k, v, indices, weights)
   if reason is not None:
