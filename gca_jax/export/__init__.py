@@ -1,0 +1,407 @@
+"""The one model export format: a directory with `model.safetensors` + `config.json`
+(+ `tokenizer.model`), written atomically; and loading models from it or from a train.py run.
+
+Layout of an export directory:
+  model.safetensors - every parameter leaf, keyed by its Flax path joined with "/"
+                      (e.g. `upper_0/gca/q_proj/kernel`), in its own dtype (or the one asked).
+  config.json       - {"format": "gca_jax-export", "version": 1, "model": DRTConfig.to_dict(),
+                      "tokenizer": "tokenizer.model" | null, "meta": {...}}.
+  tokenizer.model   - the SentencePiece model the run was trained with, when known.
+
+`meta` is free-form JSON; the keys written here: "step" (optimizer updates), "train_seq_len"
+(training length in text tokens), "eval_path" (held-out text of the run), "source".
+
+API: `save_model`, `load_model`, `load_run` (params of an Orbax checkpoint of a train.py run
+dir, without the optimizer state), `export_run`, `check_params`, and the CLI
+`python -m gca_jax.export --run_dir R --out DIR [--step N] [--dtype bfloat16|float32]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Mapping
+
+import numpy as np
+
+from gca_jax.config import DRTConfig
+from gca_jax.export import safetensors_io
+from gca_jax.export.safetensors_io import SafetensorsError
+
+FORMAT = "gca_jax-export"
+VERSION = 1
+PARAMS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.model"
+
+__all__ = ["ExportError", "LoadedModel", "SafetensorsError", "check_params", "export_run",
+           "flatten_params", "load_model", "load_run", "save_model", "unflatten_params"]
+
+
+class ExportError(ValueError):
+  """An export or run cannot be written or read; the message names the file/field and cause."""
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  """A model ready for `DRT(config).apply({"params": params}, tokens)`.
+
+  params: nested dict of jax arrays (Flax parameter tree); config: the architecture;
+  tokenizer: path of the SentencePiece model file (None if unknown); meta: dict (see module doc).
+  """
+  params: Any
+  config: DRTConfig
+  tokenizer: str | None
+  meta: dict
+
+
+# -- parameter trees ---------------------------------------------------------------------------
+
+def _key_str(k) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def flatten_params(params) -> dict[str, np.ndarray]:
+  """{"a/b/kernel": numpy array} of a nested parameter tree (Flax path joined with "/")."""
+  import jax
+  flat = {}
+  for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+    parts = [_key_str(k) for k in path]
+    bad = [p for p in parts if "/" in p or not p]
+    if bad:
+      raise ExportError(f"parameter path {parts}: name {bad[0]!r} is empty or contains '/'")
+    flat["/".join(parts)] = np.asarray(jax.device_get(x))
+  return flat
+
+
+def unflatten_params(flat: Mapping[str, Any]) -> dict:
+  """Nested dict from {"a/b/kernel": array}; the inverse of `flatten_params`."""
+  tree: dict = {}
+  for key, x in flat.items():
+    node = tree
+    parts = key.split("/")
+    for p in parts[:-1]:
+      node = node.setdefault(p, {})
+      if not isinstance(node, dict):
+        raise ExportError(f"parameter {key!r}: {p!r} is both a leaf and a prefix")
+    if parts[-1] in node:
+      raise ExportError(f"parameter {key!r} is both a leaf and a prefix")
+    node[parts[-1]] = x
+  return tree
+
+
+@functools.lru_cache(maxsize=16)
+def _expected_shapes(config: DRTConfig) -> dict[str, tuple[tuple[int, ...], str]]:
+  """{path: (shape, param dtype)} of `DRT(config).init` (abstract: no memory, no compute)."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+
+  from gca_jax.models.drt import DRT
+
+  def init():
+    k1, k2 = jax.random.split(jax.random.key(0))
+    tokens = jnp.zeros((1, 8), jnp.int32)
+    return DRT(config).init({"params": k1, "gumbel": k2}, tokens, train=False)["params"]
+
+  abstract = nn.unbox(jax.eval_shape(init))
+  return {k: (tuple(v.shape), str(v.dtype)) for k, v in flatten_params_abstract(abstract).items()}
+
+
+def flatten_params_abstract(tree) -> dict:
+  import jax
+  return {"/".join(_key_str(k) for k in path): x
+          for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def abstract_params(config: DRTConfig, sharding=None) -> dict:
+  """Nested dict of `jax.ShapeDtypeStruct` of the params of `DRT(config)` (config.param_dtype)."""
+  import jax
+  flat = {k: jax.ShapeDtypeStruct(s, np.dtype(d), sharding=sharding)
+          for k, (s, d) in _expected_shapes(config).items()}
+  return unflatten_params(flat)
+
+
+def check_params(params, config: DRTConfig, where: str = "params") -> None:
+  """Raises ExportError naming the first path whose presence or shape differs from what
+  `DRT(config).init` creates (dtypes may differ: exports may store bfloat16)."""
+  _check_flat(flatten_params_abstract(params), config, where)
+
+
+def _check_flat(flat: Mapping[str, Any], config: DRTConfig, where: str) -> None:
+  want = _expected_shapes(config)
+  missing = sorted(set(want) - set(flat))
+  extra = sorted(set(flat) - set(want))
+  hint = (f"model_kind={config.model_kind!r}, d_model={config.d_model}, "
+          f"vocab_size={config.vocab_size}")
+  if missing:
+    raise ExportError(f"{where}: parameter {missing[0]!r} of the config's model ({hint}) is "
+                      f"missing ({len(missing)} missing in all)")
+  if extra:
+    raise ExportError(f"{where}: parameter {extra[0]!r} is not in the config's model ({hint}; "
+                      f"{len(extra)} unexpected in all)")
+  for k in sorted(want):
+    shape = tuple(np.shape(flat[k]))
+    if shape != want[k][0]:
+      raise ExportError(f"{where}: parameter {k!r} has shape {list(shape)}, the config's model "
+                        f"({hint}) has {list(want[k][0])}")
+
+
+# -- atomic directory writes -------------------------------------------------------------------
+
+def _fsync_dir(path: str) -> None:
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
+def _replaceable(path: str) -> bool:
+  """True for an empty dir or a model dir (a config.json with a "model" section)."""
+  if not os.listdir(path):
+    return True
+  try:
+    with open(os.path.join(path, CONFIG_FILE)) as f:
+      return "model" in json.load(f)
+  except (OSError, ValueError, TypeError):
+    return False
+
+
+def _atomic_dir(out_dir: str, write) -> None:
+  """Runs `write(tmp_dir)` in a fresh temp dir beside `out_dir`, fsyncs it, then renames it to
+  `out_dir`. An existing `out_dir` is replaced only after the new one is complete."""
+  out_dir = os.path.abspath(out_dir.rstrip("/") or "/")
+  parent, name = os.path.dirname(out_dir), os.path.basename(out_dir)
+  if os.path.exists(out_dir):
+    if not os.path.isdir(out_dir):
+      raise ExportError(f"out_dir {out_dir!r} exists and is not a directory")
+    if not _replaceable(out_dir):
+      raise ExportError(f"out_dir {out_dir!r} exists and is not a model directory (no "
+                        f"{CONFIG_FILE} with a 'model' section); refusing to replace it")
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+  try:
+    write(tmp)
+    for f in os.listdir(tmp):
+      with open(os.path.join(tmp, f), "rb") as fh:
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o755)
+    _fsync_dir(tmp)
+    if os.path.exists(out_dir):
+      old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
+      os.rename(out_dir, os.path.join(old, name))
+      os.rename(tmp, out_dir)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.rename(tmp, out_dir)
+    _fsync_dir(parent)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+# -- save / load -------------------------------------------------------------------------------
+
+def _cast(x: np.ndarray, dtype) -> np.ndarray:
+  """x cast to `dtype` if both are floating point (integer leaves are kept)."""
+  is_float = np.issubdtype(x.dtype, np.floating) or x.dtype.name == "bfloat16"
+  if dtype is None or not is_float or x.dtype == dtype:
+    return x
+  return x.astype(dtype)
+
+
+def _np_dtype(dtype, name: str = "dtype"):
+  if dtype is None:
+    return None
+  import ml_dtypes
+  table = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+  if isinstance(dtype, str):
+    if dtype not in table:
+      raise ExportError(f"{name}={dtype!r}: must be one of {sorted(table)}")
+    return np.dtype(table[dtype])
+  return np.dtype(dtype)
+
+
+def save_model(out_dir: str, params, config: DRTConfig, *, tokenizer: str | None = None,
+               meta: dict | None = None, dtype=None) -> str:
+  """Writes an export of `params` (a `DRT(config)` parameter tree) to `out_dir` atomically.
+
+  tokenizer: path of a SentencePiece model file, copied in as `tokenizer.model`.
+  dtype: None keeps every leaf's dtype; "bfloat16" / "float32" / "float16" casts float leaves.
+  Returns the absolute path of `out_dir`.
+  """
+  if isinstance(config, Mapping):
+    config = DRTConfig.from_dict(config)
+  if not isinstance(config, DRTConfig):
+    raise ExportError(f"config: expected a DRTConfig, got {type(config).__name__}")
+  dt = _np_dtype(dtype)
+  if isinstance(params, Mapping) and set(params) == {"params"}:
+    params = params["params"]
+  flat = {k: _cast(v, dt) for k, v in flatten_params(params).items()}
+  _check_flat(flat, config, "params")
+  if tokenizer is not None and not os.path.isfile(tokenizer):
+    raise ExportError(f"tokenizer={tokenizer!r}: no such file (cwd {os.getcwd()})")
+  info = {"format": FORMAT, "version": VERSION, "model": config.to_dict(),
+          "tokenizer": TOKENIZER_FILE if tokenizer else None, "meta": dict(meta or {})}
+  try:
+    text = json.dumps(info, indent=1, sort_keys=False)
+  except TypeError as e:
+    raise ExportError(f"meta: not JSON-serialisable ({e})") from e
+
+  def write(tmp: str):
+    safetensors_io.save_file(os.path.join(tmp, PARAMS_FILE), flat,
+                             {"format": FORMAT, "version": str(VERSION)})
+    with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+      f.write(text + "\n")
+    if tokenizer:
+      shutil.copyfile(tokenizer, os.path.join(tmp, TOKENIZER_FILE))
+
+  _atomic_dir(out_dir, write)
+  return os.path.abspath(out_dir)
+
+
+def read_config(model_dir: str) -> dict:
+  """The validated `config.json` dict of an export directory."""
+  path = os.path.join(model_dir, CONFIG_FILE)
+  if not os.path.isdir(model_dir):
+    raise ExportError(f"model_dir {model_dir!r}: no such directory (cwd {os.getcwd()})")
+  if not os.path.isfile(path):
+    raise ExportError(f"model_dir {model_dir!r}: no {CONFIG_FILE} (not a gca_jax export)")
+  try:
+    with open(path) as f:
+      info = json.load(f)
+  except ValueError as e:
+    raise ExportError(f"{path}: not valid JSON ({e})") from e
+  if not isinstance(info, dict) or info.get("format") != FORMAT:
+    old = os.path.isfile(os.path.join(model_dir, "params.npz"))
+    raise ExportError(f"{path}: format {info.get('format') if isinstance(info, dict) else None!r}"
+                      f", expected {FORMAT!r}" + (
+                          " (an old params.npz model: convert it with "
+                          "scripts/convert_checkpoints.py)" if old else ""))
+  if info.get("version") != VERSION:
+    raise ExportError(f"{path}: version {info.get('version')!r} is not supported (this "
+                      f"gca_jax reads version {VERSION})")
+  if not isinstance(info.get("model"), dict):
+    raise ExportError(f"{path}: no 'model' section")
+  return info
+
+
+def load_model(model_dir: str, dtype=None, *, check: bool = True) -> LoadedModel:
+  """Loads an export directory written by `save_model` / `export_run`.
+
+  dtype: None casts float leaves to the config's `param_dtype` (what the model was trained
+  with; bfloat16 -> float32 is exact); "bfloat16" / "float32" / "float16" casts to that;
+  "stored" keeps the stored dtypes. check: verify names and shapes against the config's model.
+  """
+  import jax
+  info = read_config(model_dir)
+  try:
+    config = DRTConfig.from_dict(info["model"])
+  except (ValueError, TypeError) as e:
+    raise ExportError(f"{os.path.join(model_dir, CONFIG_FILE)}: model: {e}") from e
+  st = os.path.join(model_dir, PARAMS_FILE)
+  if not os.path.isfile(st):
+    raise ExportError(f"model_dir {model_dir!r}: no {PARAMS_FILE}")
+  flat, _ = safetensors_io.load_file(st)
+  if check:
+    _check_flat(flat, config, st)
+  dt = None if dtype == "stored" else _np_dtype(config.param_dtype if dtype is None else dtype)
+  params = unflatten_params({k: jax.numpy.asarray(_cast(v, dt)) for k, v in flat.items()})
+  tok = info.get("tokenizer")
+  tok_path = None
+  if tok:
+    tok_path = os.path.abspath(os.path.join(model_dir, tok))
+    if not os.path.isfile(tok_path):
+      raise ExportError(f"{os.path.join(model_dir, CONFIG_FILE)} names tokenizer {tok!r}, "
+                        "which is not in the directory")
+  return LoadedModel(params=params, config=config, tokenizer=tok_path,
+                     meta=dict(info.get("meta") or {}))
+
+
+# -- train.py runs -----------------------------------------------------------------------------
+
+def load_run(run_dir: str, step: int | None = None) -> LoadedModel:
+  """Params of the latest (or `step`) complete Orbax checkpoint of a train.py run dir, read
+  without the optimizer state, with the run's model config and tokenizer (data.tokenizer)."""
+  import jax
+
+  from gca_jax.train import run_config as rc
+  from gca_jax.train.checkpoint import Checkpointer, CheckpointError
+
+  if not os.path.isdir(run_dir):
+    raise ExportError(f"run_dir {run_dir!r}: no such directory (cwd {os.getcwd()})")
+  try:
+    ckpt = Checkpointer(run_dir, read_only=True)
+  except CheckpointError as e:
+    raise ExportError(f"run_dir {run_dir!r}: {e}") from e
+  try:
+    try:
+      step, saved = ckpt.restore_config(step)
+    except CheckpointError as e:
+      raise ExportError(f"run_dir {run_dir!r}: {e}") from e
+    except (FileNotFoundError, ValueError, KeyError):
+      saved = _run_config_json(run_dir)
+    if "model" not in saved:
+      raise ExportError(f"run_dir {run_dir!r}: the saved run config of step {step} has no "
+                        "'model' section")
+    try:
+      config = rc.model_config(rc.from_dict(saved))
+    except ValueError as e:
+      raise ExportError(f"run_dir {run_dir!r}, step {step}: {e}") from e
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    try:
+      _, params = ckpt.restore_params(step, abstract_params(config, sharding))
+    except CheckpointError as e:
+      raise ExportError(f"run_dir {run_dir!r}: {e}") from e
+    try:
+      ck_meta = ckpt.restore_meta(step)
+    except Exception:  # noqa: BLE001 - meta is informational
+      ck_meta = {}
+  finally:
+    ckpt.close()
+  check_params(params, config, where=f"{run_dir} step {step}")
+  data = saved.get("data", {}) or {}
+  tok = data.get("tokenizer") or None
+  if tok and os.path.isfile(tok):
+    tok = os.path.abspath(tok)
+  meta = {"source": "train.py run", "run_dir": os.path.abspath(run_dir), "step": int(step),
+          "train_seq_len": data.get("seq_len"), "eval_path": data.get("eval_path"),
+          "tokens_seen": ck_meta.get("tokens_seen"), "run_config": saved}
+  return LoadedModel(params=params, config=config, tokenizer=tok, meta=meta)
+
+
+def _run_config_json(run_dir: str) -> dict:
+  path = os.path.join(run_dir, "config.json")
+  if not os.path.isfile(path):
+    raise ExportError(f"run_dir {run_dir!r}: the checkpoint has no saved config and there is "
+                      f"no {path}")
+  with open(path) as f:
+    return json.load(f)
+
+
+def export_run(run_dir: str, out_dir: str, step: int | None = None, *, dtype=None,
+               tokenizer: str | None = None) -> str:
+  """Writes the export of checkpoint `step` (default latest) of a train.py run to `out_dir`.
+
+  tokenizer: overrides the run's data.tokenizer (which must exist unless overridden).
+  Returns the absolute path of `out_dir`.
+  """
+  m = load_run(run_dir, step)
+  tok = tokenizer or m.tokenizer
+  if tok is not None and not os.path.isfile(tok):
+    raise ExportError(f"tokenizer {tok!r} (the run's data.tokenizer) does not exist (cwd "
+                      f"{os.getcwd()}); pass tokenizer= / --tokenizer")
+  return save_model(out_dir, m.params, m.config, tokenizer=tok, meta=m.meta, dtype=dtype)
