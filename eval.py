@@ -185,65 +185,46 @@ def _positive(flag) -> int:
 # ----------------------------------------------------------------------------- loading
 
 
-def _meta_get(meta: dict, *paths):
-  for p in paths:
-    v = meta
-    for k in p.split("."):
-      v = v.get(k) if isinstance(v, dict) else None
-    if v not in (None, ""):
-      return v
-  return None
-
-
 def load() -> tuple[object, dict]:
-  """(LoadedModel, info) from --run_dir or --model_dir; info: {"source", "step", "seq_len",
-  "eval_path", "cache_dir", "tokenizer"} (flags override the saved values)."""
+  """(LoadedModel, info) from --run_dir or --model_dir (`gca_jax.export`); info: {"run_dir" or
+  "model_dir", "step", "seq_len", "eval_path", "cache_dir", "tokenizer"} (flags override the
+  saved values)."""
+  import dataclasses
+
   from gca_jax import export
   if bool(_RUN_DIR.value) == bool(_MODEL_DIR.value):
     raise EvalError("give exactly one of --run_dir (a training run) or --model_dir (an export)")
   if _STEP.value is not None and _MODEL_DIR.value:
     raise EvalError("--step applies to --run_dir only (an export holds one step)")
   if _MODEL_DIR.value:
-    path = _MODEL_DIR.value
+    path, flag = _MODEL_DIR.value, "model_dir"
     if not os.path.isdir(path):
       raise EvalError(f"--model_dir={path!r} is not a directory (cwd {os.getcwd()})")
-    try:
-      m = export.load_model(path)
-    except (OSError, ValueError, KeyError) as e:
-      raise EvalError(f"--model_dir={path!r}: {e}") from e
-    meta = dict(m.meta or {})
-    chunks = _meta_get(meta, "train_chunks")
-    seq_len = _meta_get(meta, "seq_len", "train_length", "data.seq_len") or (
-        int(chunks) * m.config.text_per_chunk if chunks else None)
-    info = {"model_dir": os.path.abspath(path), "step": meta.get("step"),
-            "seq_len": seq_len,
-            "eval_path": _meta_get(meta, "eval_path", "data.eval_path", "args.eval_text"),
-            "cache_dir": None}
   else:
-    from gca_jax.train import run_config as rc
-    from gca_jax.train.checkpoint import Checkpointer
-    ckpt = Checkpointer(_RUN_DIR.value, read_only=True)
-    try:
-      step, saved = ckpt.restore_config(_STEP.value)
-    finally:
-      ckpt.close()
-    data = rc.from_dict(saved).data
-    m = export.load_run(_RUN_DIR.value, step)
-    info = {"run_dir": os.path.abspath(_RUN_DIR.value), "step": step,
-            "seq_len": int(data.seq_len), "eval_path": data.eval_path,
-            "cache_dir": data.get("cache_dir", "") or None}
+    path, flag = _RUN_DIR.value, "run_dir"
+  try:
+    m = export.load_model(path) if flag == "model_dir" else export.load_run(path, _STEP.value)
+  except (OSError, ValueError, KeyError) as e:
+    raise EvalError(f"--{flag}={path!r}: {e}") from e
+  meta = dict(m.meta or {})
+  data = (meta.get("run_config") or {}).get("data") or {}
+  chunks = meta.get("train_chunks")
+  seq_len = meta.get("train_seq_len") or (int(chunks) * m.config.text_per_chunk if chunks
+                                          else 16 * m.config.text_per_chunk)
+  info = {flag: os.path.abspath(path), "step": meta.get("step"), "seq_len": int(seq_len),
+          "eval_path": _EVAL_PATH.value or meta.get("eval_path"),
+          "tokenizer": _TOKENIZER.value or m.tokenizer, "cache_dir": data.get("cache_dir") or None}
   if _CONFIG.value is not None:
     from gca_jax.train import run_config as rc
     diff = rc.model_diff(m.config.to_dict(), rc.to_dict(_CONFIG.value.model))
     if diff:
-      raise EvalError("--config does not match the loaded model (loaded != given):\n  "
-                      + "\n  ".join(diff))
+      raise EvalError(f"--config does not match the model of --{flag}={path!r} (loaded != "
+                      "given):\n  " + "\n  ".join(diff))
   if _DTYPE.value:
-    m = m._replace(config=m.config.replace(dtype=_DTYPE.value)) if hasattr(m, "_replace") \
-        else type(m)(m.params, m.config.replace(dtype=_DTYPE.value), m.tokenizer, m.meta)
-  info["seq_len"] = int(info["seq_len"] or 16 * m.config.text_per_chunk)
-  info["eval_path"] = _EVAL_PATH.value or info["eval_path"]
-  info["tokenizer"] = _TOKENIZER.value or m.tokenizer
+    try:
+      m = dataclasses.replace(m, config=m.config.replace(dtype=_DTYPE.value))
+    except ValueError as e:
+      raise EvalError(f"--dtype={_DTYPE.value!r}: {e}") from e
   return m, info
 
 
