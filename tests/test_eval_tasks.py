@@ -214,3 +214,23 @@ def test_plots(grid, tmp_path):
   plots.write_json({"a": 1}, str(tmp_path / "r.json"))
   assert json.load(open(tmp_path / "r.json")) == {"a": 1}
   assert not [x for x in os.listdir(tmp_path) if x.endswith(".tmp")]
+
+
+def test_report_markdown(grid, tmp_path):
+  """Side-by-side table of eval.py results: hits and samples summed over depths."""
+  from gca_jax.eval import report
+  fake = json.loads(json.dumps(grid))
+  for c in fake["cells"]:
+    c["first_token_hits"], c["whole_key_hits"] = (2, 1) if c["depth"] == 0.0 else (1, 0)
+  res = {"a": {"passkey_grid": grid, "seq_len": 60},
+         "b": {"passkey_grid": fake, "ppl_length": {"lengths": {"60": {"ppl": 12.345}}}}}
+  text = report.markdown(res, kinds=("single",))
+  first = text.split("**single passkey (official format), whole-key")[0]
+  assert "| model | 180 (3×) |" in first
+  assert "| b | 75% (4) |" in first  # (2 + 1) / 4
+  assert "| b | 25% (4) |" in text  # whole key: (1 + 0) / 4
+  assert "| b | 12.35 |" in text and "| a | – |" in text
+  (tmp_path / "a.json").write_text(json.dumps(res["b"]))
+  assert report.main([f"b={tmp_path / 'a.json'}", "--kinds=single",
+                      f"--out={tmp_path / 't.md'}"]) == 0
+  assert (tmp_path / "t.md").read_text() == report.markdown({"b": res["b"]}, kinds=("single",))
