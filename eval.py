@@ -283,7 +283,7 @@ def _generate(m, info: dict) -> dict:
           "tokens": new, "continuation": tok.decode(new), "seconds": round(time.time() - t0, 2)}
 
 
-def _full_forward(m, info: dict, tok, stream, seq_len: int) -> dict:
+def _full_forward(m, tok, stream, seq_len: int) -> dict:
   import jax
 
   from gca_jax.data import make_eval_windows
@@ -404,7 +404,7 @@ def evaluate() -> dict:
   stream = _eval_stream(info, tok)
   seq_len = info["seq_len"]
   if _TASK.value in _FULL_TASKS:
-    result.update(_full_forward(m, info, tok, stream, seq_len))
+    result.update(_full_forward(m, tok, stream, seq_len))
   else:
     result.update(_long_context(m, tok, stream, seq_len))
   return result
