@@ -38,8 +38,9 @@ PARAMS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.model"
 
-__all__ = ["ExportError", "LoadedModel", "SafetensorsError", "check_params", "export_run",
-           "flatten_params", "load_model", "load_run", "save_model", "unflatten_params"]
+__all__ = ["ExportError", "LoadedModel", "SafetensorsError", "abstract_params", "check_params",
+           "export_run", "flatten_params", "load_model", "load_run", "read_config", "save_model",
+           "unflatten_params"]
 
 
 class ExportError(ValueError):
@@ -69,10 +70,12 @@ def _key_str(k) -> str:
 
 
 def flatten_params(params) -> dict[str, np.ndarray]:
-  """{"a/b/kernel": numpy array} of a nested parameter tree (Flax path joined with "/")."""
+  """{"a/b/kernel": numpy array} of a nested parameter tree (Flax path joined with "/");
+  `nn.Partitioned` boxes (from `init`) are unboxed."""
+  import flax.linen as nn
   import jax
   flat = {}
-  for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+  for path, x in jax.tree_util.tree_flatten_with_path(nn.unbox(params))[0]:
     parts = [_key_str(k) for k in path]
     bad = [p for p in parts if "/" in p or not p]
     if bad:
@@ -112,13 +115,15 @@ def _expected_shapes(config: DRTConfig) -> dict[str, tuple[tuple[int, ...], str]
     return DRT(config).init({"params": k1, "gumbel": k2}, tokens, train=False)["params"]
 
   abstract = nn.unbox(jax.eval_shape(init))
-  return {k: (tuple(v.shape), str(v.dtype)) for k, v in flatten_params_abstract(abstract).items()}
+  return {k: (tuple(v.shape), str(v.dtype)) for k, v in _flatten_abstract(abstract).items()}
 
 
-def flatten_params_abstract(tree) -> dict:
+def _flatten_abstract(tree) -> dict:
+  """Like `flatten_params`, without converting leaves (arrays or ShapeDtypeStructs)."""
+  import flax.linen as nn
   import jax
   return {"/".join(_key_str(k) for k in path): x
-          for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+          for path, x in jax.tree_util.tree_flatten_with_path(nn.unbox(tree))[0]}
 
 
 def abstract_params(config: DRTConfig, sharding=None) -> dict:
@@ -132,7 +137,7 @@ def abstract_params(config: DRTConfig, sharding=None) -> dict:
 def check_params(params, config: DRTConfig, where: str = "params") -> None:
   """Raises ExportError naming the first path whose presence or shape differs from what
   `DRT(config).init` creates (dtypes may differ: exports may store bfloat16)."""
-  _check_flat(flatten_params_abstract(params), config, where)
+  _check_flat(_flatten_abstract(params), config, where)
 
 
 def _check_flat(flat: Mapping[str, Any], config: DRTConfig, where: str) -> None:
@@ -169,10 +174,17 @@ def _fsync_dir(path: str) -> None:
     os.close(fd)
 
 
+_MODEL_DIR_FILES = {CONFIG_FILE, PARAMS_FILE, TOKENIZER_FILE, "params.npz"}
+
+
 def _replaceable(path: str) -> bool:
-  """True for an empty dir or a model dir (a config.json with a "model" section)."""
-  if not os.listdir(path):
+  """True for an empty dir or a model dir: only export files (or an old params.npz model),
+  with a config.json that has a "model" section. A train.py run dir is never replaceable."""
+  names = set(os.listdir(path))
+  if not names:
     return True
+  if not names <= _MODEL_DIR_FILES or CONFIG_FILE not in names:
+    return False
   try:
     with open(os.path.join(path, CONFIG_FILE)) as f:
       return "model" in json.load(f)
@@ -182,15 +194,18 @@ def _replaceable(path: str) -> bool:
 
 def _atomic_dir(out_dir: str, write) -> None:
   """Runs `write(tmp_dir)` in a fresh temp dir beside `out_dir`, fsyncs it, then renames it to
-  `out_dir`. An existing `out_dir` is replaced only after the new one is complete."""
+  `out_dir`. An existing `out_dir` is replaced only after the new one is complete: it is moved
+  into `.<name>.old-*` (where a crash between the two renames would leave it), the new one
+  renamed in, the old one deleted. A failed write removes its temp dir and leaves `out_dir`."""
   out_dir = os.path.abspath(out_dir.rstrip("/") or "/")
   parent, name = os.path.dirname(out_dir), os.path.basename(out_dir)
   if os.path.exists(out_dir):
     if not os.path.isdir(out_dir):
       raise ExportError(f"out_dir {out_dir!r} exists and is not a directory")
     if not _replaceable(out_dir):
-      raise ExportError(f"out_dir {out_dir!r} exists and is not a model directory (no "
-                        f"{CONFIG_FILE} with a 'model' section); refusing to replace it")
+      raise ExportError(f"out_dir {out_dir!r} exists and is not a model directory (files "
+                        f"other than {sorted(_MODEL_DIR_FILES)}, or no {CONFIG_FILE} with a "
+                        "'model' section); refusing to replace it")
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
   try:
@@ -315,7 +330,10 @@ def load_model(model_dir: str, dtype=None, *, check: bool = True) -> LoadedModel
   st = os.path.join(model_dir, PARAMS_FILE)
   if not os.path.isfile(st):
     raise ExportError(f"model_dir {model_dir!r}: no {PARAMS_FILE}")
-  flat, _ = safetensors_io.load_file(st)
+  try:
+    flat, _ = safetensors_io.load_file(st)
+  except SafetensorsError as e:
+    raise ExportError(str(e)) from e
   if check:
     _check_flat(flat, config, st)
   dt = None if dtype == "stored" else _np_dtype(config.param_dtype if dtype is None else dtype)
@@ -348,11 +366,17 @@ def load_run(run_dir: str, step: int | None = None) -> LoadedModel:
   except CheckpointError as e:
     raise ExportError(f"run_dir {run_dir!r}: {e}") from e
   try:
-    try:
-      step, saved = ckpt.restore_config(step)
-    except CheckpointError as e:
-      raise ExportError(f"run_dir {run_dir!r}: {e}") from e
-    except (FileNotFoundError, ValueError, KeyError):
+    steps = ckpt.all_steps()
+    if not steps:
+      raise ExportError(f"run_dir {run_dir!r}: no complete checkpoint in {ckpt.directory!r}")
+    if step is None:
+      step = steps[-1]
+    elif step not in steps:
+      raise ExportError(f"run_dir {run_dir!r}: no checkpoint for step {step}; available: "
+                        f"{steps}")
+    if os.path.isdir(os.path.join(ckpt.directory, str(step), "config")):
+      _, saved = ckpt.restore_config(step)
+    else:
       saved = _run_config_json(run_dir)
     if "model" not in saved:
       raise ExportError(f"run_dir {run_dir!r}: the saved run config of step {step} has no "
@@ -366,6 +390,9 @@ def load_run(run_dir: str, step: int | None = None) -> LoadedModel:
       _, params = ckpt.restore_params(step, abstract_params(config, sharding))
     except CheckpointError as e:
       raise ExportError(f"run_dir {run_dir!r}: {e}") from e
+    except (ValueError, KeyError) as e:
+      raise ExportError(f"run_dir {run_dir!r}, step {step}: the checkpoint's params do not fit "
+                        f"the saved model config ({type(e).__name__}: {e})") from e
     try:
       ck_meta = ckpt.restore_meta(step)
     except Exception:  # noqa: BLE001 - meta is informational
