@@ -120,7 +120,8 @@ def test_insert_passkey_positions_and_seeds(tok, book):
 
 def test_insert_passkey_partial_last_chunk(tok, book):
   seq_len = CT * 8 + 5  # last chunk (8) has 5 positions: the answer goes in chunk 7
-  out, weights, info = insert_passkey(book[:seq_len + 1], tok, np.random.default_rng(1), 10, CT)
+  out, weights, info = insert_passkey(book[:seq_len + 1], tok, np.random.default_rng(1), 10,
+                                      chunk_text=CT)
   assert info.answer_start == 7 * CT + 4 and info.answer_target_index // CT == 7
   assert weights.sum() == 7 * CT + 4 + 10 - 1
 

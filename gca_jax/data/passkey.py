@@ -135,7 +135,7 @@ def _random_key(tokenizer: Tokenizer, rng: np.random.Generator, key_len: int) ->
 
 
 def insert_passkey(window_tokens: np.ndarray, tokenizer: Tokenizer, rng: np.random.Generator,
-                   key_len: int, chunk_text: int, answer_offset: int = 4
+                   key_len: int, *, chunk_text: int, answer_offset: int = 4
                    ) -> tuple[np.ndarray, np.ndarray, PasskeyInfo]:
   """Turn a book-text window (seq_len+1 ids) into an official passkey training sample.
 
