@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from _train_helpers import ROOT, cli_overrides
@@ -55,24 +56,30 @@ def test_train_smoke(trained):
 
 
 def test_eval_smoke(trained, tmp_path):
+  """--run_dir --task all: perplexity and the full-forward passkey (one scorer, grid layout)."""
   run_dir, _ = trained
   out = str(tmp_path / "result.json")
   p = _run(["eval.py", "--run_dir", run_dir, "--task", "all", "--lengths", "90,120",
-            "--num_samples", "2", "--depths", "0,1", "--ppl_windows", "3", "--out", out])
+            "--trials", "2", "--depths", "0,1", "--ppl_windows", "3", "--out", out])
   assert p.returncode == 0, p.stderr[-3000:]
   r = json.load(open(out))
-  assert r["step"] == 3
+  assert r["step"] == 3 and r["seq_len"] == 60 and r["run_dir"] == os.path.abspath(run_dir)
   assert r["ppl"]["windows"] == 3 and r["ppl"]["length"] == 60 and r["ppl"]["ppl"] > 1
-  assert set(r["passkey"]["lengths"]) == {"90", "120"}
-  for v in r["passkey"]["lengths"].values():
-    assert v["samples"] == 4 and 0.0 <= v["accuracy"] <= 1.0 and set(v["by_depth"]) == {"0", "1"}
+  g = r["passkey"]
+  assert g["engine"] == "full_forward" and g["kinds"] == ["single"]
+  assert {(c["length"], c["depth"]) for c in g["cells"]} == {(90, 0.0), (90, 1.0), (120, 0.0),
+                                                            (120, 1.0)}
+  for c in g["cells"]:
+    assert c["trials"] == 2 and 0 <= c["whole_key_hits"] <= c["first_token_hits"] <= 2
+  assert set(g["summary"]["single"]["official"]) == {"90", "120"}
 
 
 def test_eval_rejects_mismatched_config(trained):
   run_dir, _ = trained
   p = _run(["eval.py", "--run_dir", run_dir, "--task", "ppl", "--config", "configs/tiny.py"])
   assert p.returncode == 2
-  assert "does not match the model saved" in p.stderr and "model.d_model: 32 != 128" in p.stderr
+  assert "--config does not match the model of --run_dir" in p.stderr
+  assert "model.d_model: 32 != 128" in p.stderr
 
 
 def test_eval_missing_step(trained):
@@ -137,7 +144,7 @@ def test_eval_long_context_tasks(trained, tmp_path):
   assert set(r["ppl_length"]["lengths"]) == {"150", "180"}
   assert all(v["windows"] == 2 and v["ppl"] > 1 for v in r["ppl_length"]["lengths"].values())
   cells = r["passkey_grid"]["cells"]
-  assert len(cells) == 2 * 2 * 2 * 2
+  assert len(cells) == 2 * 2 * 2 * 2 and r["passkey_grid"]["engine"] == "stream"
   assert all(0 <= c["whole_key_accuracy"] <= c["first_token_accuracy"] <= 1 for c in cells)
   files = set(os.listdir(out_dir))
   assert {"ppl_length.json", "passkey_grid.json", "ppl_vs_length.png",
@@ -147,21 +154,92 @@ def test_eval_long_context_tasks(trained, tmp_path):
   p = _run(["eval.py", "--run_dir", run_dir, "--task", "passkey_grid", "--lengths", "100000000000",
             "--kinds", "single", "--formats", "official", "--progress=false"])
   assert p.returncode == 2 and "length 100000000000 does not fit" in p.stderr, p.stderr[-2000:]
-  p = _run(["eval.py", "--run_dir", run_dir, "--task", "passkey_grid", "--kinds", "3hop"])
-  assert p.returncode == 2 and "--kinds=3hop: expected some of" in p.stderr
+
+
+SHIPPED = "checkpoints/sotu_drt"
+VALID = "data/corpus/valid"
 
 
 def test_eval_model_dir_export(tmp_path):
-  """eval.py --model_dir on the shipped exported DRT (checkpoints/recall_drt): the streaming
-  passkey grid at 4x its training length finds the keys; a wrong directory / task is exit 2."""
+  """--model_dir on the shipped DRT export: the streaming passkey grid at 4x its training length
+  and the full-forward cross-check at 1x find the keys; a directory that is no export: exit 2."""
   out = tmp_path / "grid.json"
-  p = _run(["eval.py", "--model_dir=checkpoints/recall_drt", "--task=passkey_grid",
-            "--lengths=4x", "--depths=0.5,1", "--trials=2", "--kinds=single",
-            "--formats=official", "--progress=false", f"--out={out}"])
+  p = _run(["eval.py", f"--model_dir={SHIPPED}", "--task=passkey_grid", "--lengths=4x",
+            "--depths=0.5,1", "--trials=2", "--kinds=single", "--formats=official",
+            f"--eval_path={VALID}", "--progress=false", f"--out={out}"])
   assert p.returncode == 0, p.stderr[-2000:]
   r = json.loads(out.read_text())
+  assert r["seq_len"] == 1008 and r["step"] == 4000
   assert r["passkey_grid"]["summary"]["single"]["official"]["4032"] >= 0.75
+  p = _run(["eval.py", f"--model_dir={SHIPPED}", "--task=passkey", "--lengths=1x",
+            "--depths=1", "--trials=2", f"--eval_path={VALID}"])
+  assert p.returncode == 0, p.stderr[-2000:]
+  g = json.loads(p.stdout)["passkey"]
+  assert g["engine"] == "full_forward" and g["cells"][0]["first_token_hits"] >= 1
   p = _run(["eval.py", f"--model_dir={tmp_path}", "--task=passkey_grid"])
-  assert p.returncode == 2 and "params.npz" in p.stderr
-  p = _run(["eval.py", "--model_dir=checkpoints/recall_drt", "--task=ppl"])
-  assert p.returncode == 2 and "needs --run_dir" in p.stderr
+  assert p.returncode == 2 and "--model_dir=" in p.stderr and "config.json" in p.stderr, p.stderr
+
+
+def test_eval_bad_arguments_exit_2_naming_the_flag():
+  for args, msg in ((["--task=bogus"], "--task=bogus"),
+                    (["--task=ppl"], "give exactly one of --run_dir"),
+                    ([f"--model_dir={SHIPPED}", "--step=3"], "--step applies to --run_dir"),
+                    ([f"--model_dir={SHIPPED}", "--task=generate"], "needs --prompt"),
+                    ([f"--model_dir={SHIPPED}", "--task=generate", "--prompt=a",
+                      "--temperature=-1"], "--temperature=-1.0: must be >= 0"),
+                    ([f"--model_dir={SHIPPED}", "--task=passkey_grid", "--kinds=3hop",
+                      f"--eval_path={VALID}"], "--kinds=3hop: expected some of"),
+                    ([f"--model_dir={SHIPPED}", "--task=ppl_length", "--lengths=4y",
+                      f"--eval_path={VALID}"], "--lengths=4y"),
+                    ([f"--model_dir={SHIPPED}", "--task=ppl", "--eval_path=/nonexistent"],
+                     "--eval_path='/nonexistent' does not exist")):
+    p = _run(["eval.py", *args])
+    assert p.returncode == 2 and msg in p.stderr, (args, p.stderr[-1500:])
+
+
+_FAKE_GENERATE = """
+import json, os, runpy, sys
+import numpy as np
+import gca_jax.inference as inference
+
+def generate(params, config, prompt_tokens, max_new_tokens, temperature=0.0, top_k=None, seed=0,
+             *, segment_len=None):
+  p = np.asarray(prompt_tokens)
+  json.dump({"prompt": p.tolist(), "max_new_tokens": max_new_tokens, "temperature": temperature,
+             "top_k": top_k, "seed": seed, "d_model": config.d_model,
+             "n_params": len(params)}, open(os.environ["FAKE_GENERATE_LOG"], "w"))
+  return np.concatenate([p, np.resize(p[:, ::-1], (p.shape[0], max_new_tokens))], 1)
+
+inference.generate = generate
+sys.argv = ["eval.py"] + sys.argv[1:]
+runpy.run_path("eval.py", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("source", ["run_dir", "model_dir"])
+def test_eval_generate(source, trained, tmp_path):
+  """--task generate encodes the prompt with the model's tokenizer, calls
+  gca_jax.inference.generate (here a stand-in that echoes the prompt reversed) with the flags,
+  and prints only the decoded continuation."""
+  from gca_jax.data import Tokenizer
+  src = trained[0] if source == "run_dir" else SHIPPED
+  log = tmp_path / "gen.json"
+  env = _env()
+  env["FAKE_GENERATE_LOG"] = str(log)
+  prompt = "The state of the Union is"
+  p = subprocess.run([sys.executable, "-c", _FAKE_GENERATE, f"--{source}={src}",
+                      "--task=generate", f"--prompt={prompt}", "--max_new_tokens=7",
+                      "--temperature=0.5", "--top_k=3", "--seed=9", f"--out={tmp_path}/g.json"],
+                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+  assert p.returncode == 0, p.stderr[-3000:]
+  call = json.loads(log.read_text())
+  tok = Tokenizer.load(os.path.join(ROOT, "data", "tokenizer", "gca_tiny.model"))
+  ids = tok.encode(prompt)
+  assert call["prompt"] == [ids]
+  assert {k: call[k] for k in ("max_new_tokens", "temperature", "top_k", "seed")} == \
+      {"max_new_tokens": 7, "temperature": 0.5, "top_k": 3, "seed": 9}
+  assert call["d_model"] == (32 if source == "run_dir" else 128) and call["n_params"] > 3
+  new = list(np.resize(np.asarray(ids[::-1]), 7))
+  assert p.stdout == tok.decode([int(t) for t in new]) + "\n"
+  r = json.load(open(tmp_path / "g.json"))
+  assert r["tokens"] == [int(t) for t in new] and r["prompt_tokens"] == len(ids)

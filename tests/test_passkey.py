@@ -34,23 +34,26 @@ def book(tok):
 
 
 def test_config_validation():
-  assert PasskeyConfig(0.25).key_len_train == 10
+  assert PasskeyConfig(0.25, chunk_text=CT).key_len_train == 10
   with pytest.raises(ValueError, match=r"fraction=1.5: must lie in \[0, 1\]"):
-    PasskeyConfig(1.5)
+    PasskeyConfig(1.5, chunk_text=CT)
   with pytest.raises(ValueError, match="answer_offset=0: must be a positive integer"):
-    PasskeyConfig(0.1, answer_offset=0)
+    PasskeyConfig(0.1, answer_offset=0, chunk_text=CT)
   with pytest.raises(ValueError, match="answer_offset=60 \\+ key_len_train=10 must fit"):
-    PasskeyConfig(0.1, answer_offset=60)
+    PasskeyConfig(0.1, answer_offset=60, chunk_text=CT)
 
 
 def test_answer_start_arithmetic():
-  assert answer_start(CT * 4 + 1, 10) == CT * 3 + 4  # training window, seq_len = 4 chunks
-  assert answer_start(CT * 4, 5) == CT * 3 + 4  # eval sample of 4 chunks
-  assert answer_start(CT * 4 + 6, 10) == CT * 3 + 4  # partial last chunk too small: chunk 3
-  assert answer_start(CT * 4 + 61, 10) == CT * 4 + 4  # partial last chunk holds the answer
-  assert answer_start(CT * 4 + 1, 10, answer_offset=1) == CT * 3 + 1
+  # training window, seq_len = 4 chunks
+  assert answer_start(CT * 4 + 1, 10, chunk_text=CT) == CT * 3 + 4
+  assert answer_start(CT * 4, 5, chunk_text=CT) == CT * 3 + 4  # eval sample of 4 chunks
+  # partial last chunk too small: chunk 3
+  assert answer_start(CT * 4 + 6, 10, chunk_text=CT) == CT * 3 + 4
+  # partial last chunk holds the answer
+  assert answer_start(CT * 4 + 61, 10, chunk_text=CT) == CT * 4 + 4
+  assert answer_start(CT * 4 + 1, 10, answer_offset=1, chunk_text=CT) == CT * 3 + 1
   with pytest.raises(ValueError, match="needs at least 77"):
-    answer_start(70, 10)
+    answer_start(70, 10, chunk_text=CT)
 
 
 def test_official_question_tokens(tok):
@@ -61,7 +64,8 @@ def test_official_question_tokens(tok):
 def test_insert_passkey_layout(tok, book):
   seq_len = CT * 8
   window = book[1000:1000 + seq_len + 1]
-  out, weights, info = insert_passkey(window, tok, np.random.default_rng(0), key_len=10)
+  out, weights, info = insert_passkey(window, tok, np.random.default_rng(0), key_len=10,
+                                      chunk_text=CT)
   key = np.asarray(info.key)
   assert out.shape == (seq_len + 1,) and out.dtype == np.int32
   assert weights.shape == (seq_len,) and weights.dtype == np.float32
@@ -101,36 +105,37 @@ def test_insert_passkey_positions_and_seeds(tok, book):
   window = book[:CT * 8 + 1]
   starts = []
   for seed in range(200):
-    _, _, info = insert_passkey(window, tok, np.random.default_rng(seed), key_len=10)
+    _, _, info = insert_passkey(window, tok, np.random.default_rng(seed), key_len=10, chunk_text=CT)
     starts.append(info.needle_start)
     assert info.key_start + 11 <= 6 * CT
   needle_len = len(tok.encode(NEEDLE_HEAD)) + 11
   assert min(starts) >= 0 and max(starts) <= 6 * CT - needle_len
   assert len(set(starts)) > 100
-  a = insert_passkey(window, tok, np.random.default_rng(7), key_len=10)
-  b = insert_passkey(window, tok, np.random.default_rng(7), key_len=10)
-  c = insert_passkey(window, tok, np.random.default_rng(8), key_len=10)
+  a = insert_passkey(window, tok, np.random.default_rng(7), key_len=10, chunk_text=CT)
+  b = insert_passkey(window, tok, np.random.default_rng(7), key_len=10, chunk_text=CT)
+  c = insert_passkey(window, tok, np.random.default_rng(8), key_len=10, chunk_text=CT)
   np.testing.assert_array_equal(a[0], b[0])
   assert a[2] == b[2] and a[2].key != c[2].key
 
 
 def test_insert_passkey_partial_last_chunk(tok, book):
   seq_len = CT * 8 + 5  # last chunk (8) has 5 positions: the answer goes in chunk 7
-  out, weights, info = insert_passkey(book[:seq_len + 1], tok, np.random.default_rng(1), 10)
+  out, weights, info = insert_passkey(book[:seq_len + 1], tok, np.random.default_rng(1), 10,
+                                      chunk_text=CT)
   assert info.answer_start == 7 * CT + 4 and info.answer_target_index // CT == 7
   assert weights.sum() == 7 * CT + 4 + 10 - 1
 
 
 def test_insert_passkey_too_short(tok, book):
   with pytest.raises(ValueError, match="too short for a passkey sample"):
-    insert_passkey(book[:CT * 2 + 1], tok, np.random.default_rng(0), key_len=10)
+    insert_passkey(book[:CT * 2 + 1], tok, np.random.default_rng(0), key_len=10, chunk_text=CT)
 
 
 @pytest.mark.parametrize("depth", [0.0, 0.37, 1.0])
 def test_official_eval_sample(tok, depth):
   filler = np.arange(5000, 8000, dtype=np.int32)  # distinct ids: the filler's order is visible
   length = CT * 16
-  sample = make_passkey_sample(filler, length, depth, tok, np.random.default_rng(3))
+  sample = make_passkey_sample(filler, length, depth, tok, np.random.default_rng(3), chunk_text=CT)
   t, key = sample.tokens, np.asarray(sample.key)
   assert t.shape == (length,) and t.dtype == np.int32 and len(key) == 5
   assert sample.answer_index == 15 * CT + 3 and sample.answer_index // CT == 15
@@ -158,26 +163,26 @@ def test_official_eval_sample(tok, depth):
 
 def test_official_eval_sample_wraps_short_filler(tok):
   filler = np.arange(5000, 5100, dtype=np.int32)
-  sample = make_passkey_sample(filler, CT * 8, 0.5, tok, np.random.default_rng(0))
+  sample = make_passkey_sample(filler, CT * 8, 0.5, tok, np.random.default_rng(0), chunk_text=CT)
   body = sample.tokens[:sample.needle_start]
   assert set(np.diff(body).tolist()) <= {1, -99}
   assert (np.diff(body) == -99).sum() >= 1
 
 
 def test_official_eval_sample_seeds(tok, book):
-  a = make_passkey_sample(book, CT * 16, 0.5, tok, np.random.default_rng(5))
-  b = make_passkey_sample(book, CT * 16, 0.5, tok, np.random.default_rng(5))
-  c = make_passkey_sample(book, CT * 16, 0.5, tok, np.random.default_rng(6))
+  a = make_passkey_sample(book, CT * 16, 0.5, tok, np.random.default_rng(5), chunk_text=CT)
+  b = make_passkey_sample(book, CT * 16, 0.5, tok, np.random.default_rng(5), chunk_text=CT)
+  c = make_passkey_sample(book, CT * 16, 0.5, tok, np.random.default_rng(6), chunk_text=CT)
   np.testing.assert_array_equal(a.tokens, b.tokens)
   assert a.key == b.key and a.key != c.key
   with pytest.raises(ValueError, match="depth=1.5"):
-    make_passkey_sample(book, CT * 16, 1.5, tok, np.random.default_rng(0))
+    make_passkey_sample(book, CT * 16, 1.5, tok, np.random.default_rng(0), chunk_text=CT)
 
 
 @pytest.mark.parametrize("depth", [0.0, 0.5, 1.0])
 def test_landmark_sample(tok, depth):
   length = CT * 16
-  sample = make_landmark_passkey_sample(length, depth, tok, np.random.default_rng(4))
+  sample = make_landmark_passkey_sample(length, depth, tok, np.random.default_rng(4), chunk_text=CT)
   t = sample.tokens
   assert t.shape == (length,) and t.dtype == np.int32
   key_text = tok.decode(sample.key)
@@ -209,12 +214,12 @@ def test_landmark_sample(tok, depth):
 
 
 def test_landmark_keys_and_seeds(tok):
-  keys = [int(tok.decode(make_landmark_passkey_sample(CT * 8, 0.5, tok,
-                                                      np.random.default_rng(s)).key))
+  keys = [int(tok.decode(make_landmark_passkey_sample(CT * 8, 0.5, tok, np.random.default_rng(s),
+                                                      chunk_text=CT).key))
           for s in range(50)]
   assert all(1 <= k <= 50000 for k in keys) and len(set(keys)) > 45
-  a = make_landmark_passkey_sample(CT * 8, 0.3, tok, np.random.default_rng(9))
-  b = make_landmark_passkey_sample(CT * 8, 0.3, tok, np.random.default_rng(9))
+  a = make_landmark_passkey_sample(CT * 8, 0.3, tok, np.random.default_rng(9), chunk_text=CT)
+  b = make_landmark_passkey_sample(CT * 8, 0.3, tok, np.random.default_rng(9), chunk_text=CT)
   np.testing.assert_array_equal(a.tokens, b.tokens)
   assert a.answer_index == b.answer_index == 7 * CT + 3
 
@@ -229,7 +234,7 @@ from gca_jax.data.passkey import (HOP_ARROW, HOP_NEEDLE_HEAD, HOP_QUESTION_HEAD,
 def _check_answer_layout(s, length, k, chunk_text=CT, offset=4):
   """The answer sits `offset` tokens into its chunk, the question starts in an earlier chunk."""
   a = s.answer_start
-  assert a == answer_start(length, k, offset, chunk_text) and a % chunk_text == offset
+  assert a == answer_start(length, k, offset, chunk_text=chunk_text) and a % chunk_text == offset
   assert (s.answer_index) // chunk_text == a // chunk_text
   assert s.question_start // chunk_text < a // chunk_text
   np.testing.assert_array_equal(s.tokens[a:a + k], s.key)
@@ -292,7 +297,7 @@ def test_multikey_layout(tok, length, depths, offset, chunk_text):
 
 def test_multikey_seeds_and_query(tok, book):
   mk = lambda seed, **kw: make_multikey_passkey_sample(  # noqa: E731
-      book, CT * 10, (0.2, 0.4, 0.6, 0.8), tok, np.random.default_rng(seed), **kw)
+      book, CT * 10, (0.2, 0.4, 0.6, 0.8), tok, np.random.default_rng(seed), chunk_text=CT, **kw)
   a, b, c = mk(3), mk(3), mk(4)
   np.testing.assert_array_equal(a.tokens, b.tokens)
   assert a.key == b.key and a.names == b.names and a.query == b.query
@@ -304,9 +309,11 @@ def test_multikey_seeds_and_query(tok, book):
   with pytest.raises(ValueError, match="query=4 must index"):
     mk(0, query=4)
   with pytest.raises(ValueError, match="depth=1.5"):
-    make_multikey_passkey_sample(book, CT * 10, (0.1, 1.5), tok, np.random.default_rng(0))
+    make_multikey_passkey_sample(book, CT * 10, (0.1, 1.5), tok, np.random.default_rng(0),
+                                 chunk_text=CT)
   with pytest.raises(ValueError, match="leaves no room for 4 needles"):
-    make_multikey_passkey_sample(book, CT * 2, (0.1,) * 4, tok, np.random.default_rng(0))
+    make_multikey_passkey_sample(book, CT * 2, (0.1,) * 4, tok, np.random.default_rng(0),
+                                 chunk_text=CT)
 
 
 @pytest.mark.parametrize("length,depths,offset", [
@@ -315,7 +322,7 @@ def test_multikey_seeds_and_query(tok, book):
 def test_2hop_layout_and_chain(tok, length, depths, offset):
   filler = np.arange(5000, 9000, dtype=np.int32)
   s = make_2hop_passkey_sample(filler, length, depths, tok, np.random.default_rng(2),
-                               answer_offset=offset)
+                               chunk_text=CT, answer_offset=offset)
   t = s.tokens
   arrow = tok.encode(HOP_ARROW)
   (x, y), (y2, z) = s.names, s.values
@@ -346,24 +353,45 @@ def test_2hop_layout_and_chain(tok, length, depths, offset):
 
 
 def test_2hop_seeds(tok, book):
-  a = make_2hop_passkey_sample(book, CT * 8, (0.3, 0.6), tok, np.random.default_rng(1))
-  b = make_2hop_passkey_sample(book, CT * 8, (0.3, 0.6), tok, np.random.default_rng(1))
-  c = make_2hop_passkey_sample(book, CT * 8, (0.3, 0.6), tok, np.random.default_rng(2))
+  a = make_2hop_passkey_sample(book, CT * 8, (0.3, 0.6), tok, np.random.default_rng(1),
+                               chunk_text=CT)
+  b = make_2hop_passkey_sample(book, CT * 8, (0.3, 0.6), tok, np.random.default_rng(1),
+                               chunk_text=CT)
+  c = make_2hop_passkey_sample(book, CT * 8, (0.3, 0.6), tok, np.random.default_rng(2),
+                               chunk_text=CT)
   np.testing.assert_array_equal(a.tokens, b.tokens)
   assert a.key == b.key and a.key != c.key
   with pytest.raises(ValueError, match="2 depths given for 3 needles|3 depths given for 2"):
-    make_2hop_passkey_sample(book, CT * 8, (0.3, 0.6, 0.1), tok, np.random.default_rng(1))
+    make_2hop_passkey_sample(book, CT * 8, (0.3, 0.6, 0.1), tok, np.random.default_rng(1),
+                             chunk_text=CT)
 
 
 def test_variants_in_landmark_haystack(tok):
   prefix, unit = landmark_haystack(tok)
   s = make_multikey_passkey_sample(unit, CT * 8, (0.5, 0.0), tok, np.random.default_rng(0),
-                                   prefix_tokens=prefix, filler_start=0)
+                                   prefix_tokens=prefix, filler_start=0, chunk_text=CT)
   np.testing.assert_array_equal(s.tokens[:len(prefix)], prefix)
   assert s.needle_starts[1] == len(prefix)
   needle_len = len(tok.encode(MULTIKEY_NEEDLE_HEAD)) + 2 + 1 + 5 + 1
   assert tok.decode(s.tokens[len(prefix) + needle_len:]).startswith(" " + LANDMARK_FILLER)
   _check_answer_layout(s, CT * 8, 5)
   h = make_2hop_passkey_sample(unit, CT * 8, (0.5, 0.9), tok, np.random.default_rng(0),
-                               prefix_tokens=prefix, filler_start=0)
+                               prefix_tokens=prefix, filler_start=0, chunk_text=CT)
   assert tok.decode(h.tokens).startswith(LANDMARK_TASK + " " + LANDMARK_FILLER)
+
+
+def test_chunk_text_is_required(tok, book):
+  """No builder defaults the text-per-chunk count: it must come from the model config."""
+  from gca_jax.data.passkey import make_2hop_passkey_sample, make_multikey_passkey_sample
+  rng = np.random.default_rng(0)
+  for call in (lambda: PasskeyConfig(0.1), lambda: answer_start(CT * 4, 5),
+               lambda: insert_passkey(book[:CT * 8 + 1], tok, rng, 10),
+               lambda: make_passkey_sample(book, CT * 8, 0.5, tok, rng),
+               lambda: make_landmark_passkey_sample(CT * 8, 0.5, tok, rng),
+               lambda: make_multikey_passkey_sample(book, CT * 8, (0.5,), tok, rng),
+               lambda: make_2hop_passkey_sample(book, CT * 8, (0.2, 0.5), tok, rng)):
+    with pytest.raises(TypeError, match="chunk_text"):
+      call()
+  # a model with chunks of 15 text tokens: the answer sits 4 tokens into the last whole chunk
+  s = make_passkey_sample(book, 150, 0.5, tok, rng, chunk_text=15)
+  assert s.answer_index + 1 == 15 * 9 + 4

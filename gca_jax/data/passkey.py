@@ -16,6 +16,9 @@ question of m tokens ends right before it, at [a-m, a), and must start in an ear
 question. With the shipped tokenizer " The passkey is" is 4 tokens, so at answer_offset=4
 (where the official data puts the answer) "|What is the passkey?" ends exactly at the last
 position of chunk c-1 and chunk c opens with " The passkey is" followed by the answer.
+
+`chunk_text` is the model's text-per-chunk count (`DRTConfig.text_per_chunk`); every builder
+requires it (no default), so samples always match the model they are scored on.
 """
 
 from __future__ import annotations
@@ -47,14 +50,14 @@ class PasskeyConfig:
 
   key_len_train / key_len_eval: number of random token ids in the key P (10 / 5 officially).
   answer_offset: position of the first answer token inside its chunk (official: 4).
-  chunk_text: text tokens per chunk (63).
+  chunk_text: text tokens per chunk, `DRTConfig.text_per_chunk` (required keyword).
   """
 
   fraction: float
   key_len_train: int = 10
   key_len_eval: int = 5
   answer_offset: int = 4
-  chunk_text: int = 63
+  chunk_text: int = dataclasses.field(kw_only=True)
 
   def __post_init__(self):
     if not 0.0 <= self.fraction <= 1.0:
@@ -96,8 +99,9 @@ class PasskeySample:
   question_start: int
 
 
-def answer_start(length: int, key_len: int, answer_offset: int = 4, chunk_text: int = 63) -> int:
-  """Position a of the first answer token in a sequence of `length` (module docstring)."""
+def answer_start(length: int, key_len: int, answer_offset: int = 4, *, chunk_text: int) -> int:
+  """Position a of the first answer token in a sequence of `length` (module docstring);
+  `chunk_text` = `DRTConfig.text_per_chunk`."""
   if answer_offset < 1:
     raise ValueError(f"answer_offset={answer_offset} must be >= 1 so that the answer is "
                      "predicted from inside its chunk")
@@ -131,7 +135,7 @@ def _random_key(tokenizer: Tokenizer, rng: np.random.Generator, key_len: int) ->
 
 
 def insert_passkey(window_tokens: np.ndarray, tokenizer: Tokenizer, rng: np.random.Generator,
-                   key_len: int, chunk_text: int = 63, answer_offset: int = 4
+                   key_len: int, *, chunk_text: int, answer_offset: int = 4
                    ) -> tuple[np.ndarray, np.ndarray, PasskeyInfo]:
   """Turn a book-text window (seq_len+1 ids) into an official passkey training sample.
 
@@ -147,7 +151,7 @@ def insert_passkey(window_tokens: np.ndarray, tokenizer: Tokenizer, rng: np.rand
   n = len(w)
   head, tail, question = _official_ids(tokenizer)
   m = len(question)
-  a = answer_start(n, key_len, answer_offset, chunk_text)
+  a = answer_start(n, key_len, answer_offset, chunk_text=chunk_text)
   _check_question(m, answer_offset)
   key = _random_key(tokenizer, rng, key_len)
   needle = np.concatenate([head, key, tail])
@@ -187,7 +191,7 @@ def _reach(before: int, question_start: int, needle_tokens: int, chunk_text: int
 
 
 def make_passkey_sample(filler_tokens: np.ndarray, length: int, depth: float, tokenizer: Tokenizer,
-                        rng: np.random.Generator, key_len: int = 5, chunk_text: int = 63,
+                        rng: np.random.Generator, key_len: int = 5, *, chunk_text: int,
                         answer_offset: int = 4) -> PasskeySample:
   """An official-format eval sample of `length` tokens with real-text filler (SPEC §4).
 
@@ -204,7 +208,7 @@ def make_passkey_sample(filler_tokens: np.ndarray, length: int, depth: float, to
     raise ValueError("filler_tokens is empty")
   head, tail, question = _official_ids(tokenizer)
   m = len(question)
-  a = answer_start(length, key_len, answer_offset, chunk_text)
+  a = answer_start(length, key_len, answer_offset, chunk_text=chunk_text)
   _check_question(m, answer_offset)
   key = _random_key(tokenizer, rng, key_len)
   needle = np.concatenate([head, key, tail])
@@ -232,7 +236,7 @@ def _landmark_question_and_key(tokenizer: Tokenizer, n: int) -> tuple[np.ndarray
 
 
 def make_landmark_passkey_sample(length: int, depth: float, tokenizer: Tokenizer,
-                                 rng: np.random.Generator, chunk_text: int = 63,
+                                 rng: np.random.Generator, *, chunk_text: int,
                                  answer_offset: int = 4) -> PasskeySample:
   """A Landmark-Attention-format eval sample of `length` tokens (SPEC §4, last bullet).
 
@@ -251,7 +255,7 @@ def make_landmark_passkey_sample(length: int, depth: float, tokenizer: Tokenizer
   needle = _ids(tokenizer, LANDMARK_NEEDLE.format(n=n))
   question, key = _landmark_question_and_key(tokenizer, n)
   m, k = len(question), len(key)
-  a = answer_start(length, k, answer_offset, chunk_text)
+  a = answer_start(length, k, answer_offset, chunk_text=chunk_text)
   _check_question(m, answer_offset)
   before = a - m - len(task) - len(needle)
   if before < 0:
@@ -371,7 +375,7 @@ def _assemble(filler_tokens, prefix_tokens, filler_start, needles: list[np.ndarr
   prefix = np.zeros((0,), np.int32) if prefix_tokens is None else np.asarray(prefix_tokens,
                                                                              np.int32)
   m, k = len(question), len(key)
-  a = answer_start(length, k, answer_offset, chunk_text)
+  a = answer_start(length, k, answer_offset, chunk_text=chunk_text)
   _check_question(m, answer_offset)
   before = a - m - len(prefix) - sum(len(x) for x in needles)
   if before < 0:
@@ -400,7 +404,7 @@ def _assemble(filler_tokens, prefix_tokens, filler_start, needles: list[np.ndarr
 def make_multikey_passkey_sample(filler_tokens: np.ndarray, length: int, depths,
                                  tokenizer: Tokenizer, rng: np.random.Generator, *,
                                  query: int | None = None, name_len: int = 2, key_len: int = 5,
-                                 chunk_text: int = 63, answer_offset: int = 4,
+                                 chunk_text: int, answer_offset: int = 4,
                                  prefix_tokens: np.ndarray | None = None,
                                  filler_start: int | None = None) -> MultiNeedleSample:
   """Multi-key sample: len(depths) needles `|One of the special magic numbers for X is Y|`
@@ -434,7 +438,7 @@ def make_multikey_passkey_sample(filler_tokens: np.ndarray, length: int, depths,
 
 
 def make_2hop_passkey_sample(filler_tokens: np.ndarray, length: int, depths, tokenizer: Tokenizer,
-                             rng: np.random.Generator, *, key_len: int = 5, chunk_text: int = 63,
+                             rng: np.random.Generator, *, key_len: int = 5, chunk_text: int,
                              answer_offset: int = 4, prefix_tokens: np.ndarray | None = None,
                              filler_start: int | None = None) -> MultiNeedleSample:
   """2-hop sample: `|DEF X->Y|` at depths[0], `|DEF Y->Z|` at depths[1] (either order in the

@@ -1,18 +1,17 @@
-"""Evaluation by full forward passes: held-out perplexity and single-needle passkey accuracy.
+"""Evaluation by full forward passes on a mesh: held-out perplexity, and the passkey cross-check.
 
 Every number here comes from one function, `score_fn(model, params, tokens_BxT) -> logits`:
-a plain `model.apply(..., train=False)` over the whole sequence. The streaming inference engine
-(a later issue) replaces it by passing its own `score=` callable of the same signature to
-`Evaluator`; nothing else changes.
+a plain `model.apply(..., train=False)` over the whole sequence (any callable of that signature
+can replace it, `Evaluator(score=...)`).
 
 Perplexity (SPEC §4): the held-out stream is cut into non-overlapping windows of `seq_len + 1`
 tokens (`gca_jax.data.make_eval_windows`); every target of every window is scored;
 loss = total NLL / total targets, ppl = exp(loss). Windows are independent (no carried context),
 so the first tokens of each window are scored with little context, as in the official eval.
 
-Passkey (SPEC §4, official format): for each length and depth, samples from
-`gca_jax.data.make_passkey_sample` (held-out text as filler, key of 5 random ordinary tokens);
-a hit is `argmax(logits[answer_index]) == key[0]`.
+Passkey (`Evaluator.passkey`): the same samples, batching and scorer as the streaming grid
+(`gca_jax.eval.passkey.run_grid`), with the log-probs at the answer positions taken from a full
+forward pass instead of the stream: a cross-check of the streaming result at lengths that fit.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from gca_jax.eval import passkey as pk
 from gca_jax.sharding import BATCH_AXES, batch_size_divisor
 from gca_jax.train.state import mesh_context, place_batch
 from gca_jax.train.step import make_eval_step
@@ -56,18 +56,14 @@ def _pad_rows(x: np.ndarray, rows: int, fill=0) -> np.ndarray:
 
 
 class Evaluator:
-  """Jitted perplexity and passkey scoring of one model on one mesh.
-
-  `score` defaults to `score_fn`; any callable `(model, params, tokens_BxT) -> logits_BxTxV`
-  can replace it (e.g. a streaming engine).
-  """
+  """Jitted perplexity and passkey scoring of one model on one mesh by full forward passes."""
 
   def __init__(self, model: nn.Module, mesh: Mesh, param_shardings, *,
                score: ScoreFn = score_fn):
     self.model, self.mesh, self.score = model, mesh, score
     self.param_shardings = param_shardings
     self._ppl_steps: dict = {}
-    self._pk_step = None
+    self._lp_step = None
 
   def _batch_multiple(self, batch_size: int) -> int:
     d = batch_size_divisor(self.mesh) * jax.process_count() // math.gcd(
@@ -99,73 +95,68 @@ class Evaluator:
     return {"loss": loss, "ppl": float(math.exp(min(loss, 700.0))),
             "accuracy": correct / max(tok, 1.0), "tokens": int(tok), "windows": int(n)}
 
-  # -- passkey --------------------------------------------------------------------------------
-  def _argmax_at(self):
-    if self._pk_step is None:
-      def f(params, tokens, index):
-        logits = self.score(self.model, params, tokens)
-        at = jnp.take_along_axis(logits, index[:, None, None], axis=1)[:, 0]
-        return jnp.argmax(at, axis=-1).astype(jnp.int32)
+  # -- log-probs at positions -----------------------------------------------------------------
+  def _lp_fn(self):
+    if self._lp_step is None:
+      def f(params, tokens_BxT, positions_Q):
+        logits = self.score(self.model, params, tokens_BxT[:, :-1])
+        at = jnp.take(logits, positions_Q, axis=1).astype(jnp.float32)
+        return jax.nn.log_softmax(at, axis=-1)
       shard = NamedSharding(self.mesh, P(BATCH_AXES, None))
       jitted = jax.jit(f, in_shardings=(self.param_shardings, shard,
-                                        NamedSharding(self.mesh, P(BATCH_AXES))))
+                                        NamedSharding(self.mesh, P())))
 
-      def run(params, tokens, index):
+      def run(params, tokens, positions):
         with mesh_context(self.mesh):
-          return jitted(params, tokens, index)
-      self._pk_step = run
-    return self._pk_step
+          return jitted(params, tokens, positions)
+      self._lp_step = run
+    return self._lp_step
 
-  def predict_at(self, params, tokens: np.ndarray, index: np.ndarray, batch_size: int
-                 ) -> np.ndarray:
-    """argmax token at position index[b] of each row of `tokens` [N, T] (all the same T)."""
+  def logprobs_at(self, params, tokens_NxT: np.ndarray, positions_Q: np.ndarray,
+                  batch_size: int) -> np.ndarray:
+    """Log-probs [N, Q, V] (f32 numpy) of the token after each text position in `positions_Q`
+    given the tokens up to it (inputs tokens[:, :-1], as `gca_jax.inference.stream_logprobs_at`),
+    by full forward passes of `batch_size` rows (rounded up to the mesh)."""
+    tokens_NxT = np.asarray(tokens_NxT, np.int32)
+    pos = np.asarray(positions_Q, np.int32)
+    T = tokens_NxT.shape[1]
+    if pos.ndim != 1 or np.any(pos < 0) or np.any(pos >= T - 1):
+      raise ValueError(f"positions must be 1-D text positions in [0, {T - 1}), got {pos}")
     bs = self._batch_multiple(batch_size)
-    fn = self._argmax_at()
+    fn = self._lp_fn()
     tok_sh = NamedSharding(self.mesh, P(BATCH_AXES, None))
-    idx_sh = NamedSharding(self.mesh, P(BATCH_AXES))
+    pos_g = jax.device_put(pos, NamedSharding(self.mesh, P()))
     out = []
-    n = tokens.shape[0]
+    n = tokens_NxT.shape[0]
     for i in range(0, n, bs):
-      t = _pad_rows(tokens[i:i + bs], bs)
-      j = _pad_rows(index[i:i + bs], bs)
+      t = _pad_rows(tokens_NxT[i:i + bs], bs)
       tg = jax.make_array_from_process_local_data(tok_sh, _local_rows(t))
-      jg = jax.make_array_from_process_local_data(idx_sh, _local_rows(j))
-      pred = fn(params, tg, jg)
-      pred = np.asarray(multihost_utils.process_allgather(pred, tiled=True)
-                        if jax.process_count() > 1 else jax.device_get(pred))
-      out.append(pred[:min(bs, n - i)])
+      lp = fn(params, tg, pos_g)
+      lp = np.asarray(multihost_utils.process_allgather(lp, tiled=True)
+                      if jax.process_count() > 1 else jax.device_get(lp))
+      out.append(lp[:min(bs, n - i)])
     return np.concatenate(out)
 
+  # -- passkey (cross-check of the streaming grid) --------------------------------------------
   def passkey(self, params, tokenizer, filler_tokens: np.ndarray, lengths: Sequence[int], *,
-              num_samples: int, depths: Sequence[float], batch_size: int, seed: int = 0,
-              chunk_text: int = 63, key_len: int = 5, answer_offset: int = 4,
-              log: Callable[[str], None] | None = None) -> dict:
-    """Single-needle accuracy per length (and per depth): hit = argmax at answer == key[0].
+              trials: int, depths: Sequence[float], batch_size: int, seed: int = 0,
+              kinds: Sequence[str] = ("single",), formats: Sequence[str] = ("official",),
+              chunk_text: int | None = None, num_keys: int = 4, key_len: int = 5,
+              answer_offset: int = 4, log: Callable[[str], None] | None = None) -> dict:
+    """`gca_jax.eval.passkey.run_grid` with full-forward log-probs (same samples for the same
+    seed as `gca_jax.eval.long.passkey_grid`, same scorer, same result layout, "engine":
+    "full_forward"). `chunk_text` defaults to the model's `config.text_per_chunk`."""
+    ct = int(chunk_text if chunk_text is not None else self.model.config.text_per_chunk)
 
-    `num_samples` samples per (length, depth); the rng is seeded by (seed, length, depth index),
-    so a given length's samples do not depend on which other lengths are evaluated.
-    """
-    from gca_jax.data import make_passkey_sample
-    results = {}
-    for length in lengths:
-      toks, idx, first, dep = [], [], [], []
-      for di, depth in enumerate(depths):
-        rng = np.random.default_rng([seed, int(length), di])
-        for _ in range(num_samples):
-          s = make_passkey_sample(filler_tokens, int(length), float(depth), tokenizer, rng,
-                                  key_len=key_len, chunk_text=chunk_text,
-                                  answer_offset=answer_offset)
-          toks.append(s.tokens)
-          idx.append(s.answer_index)
-          first.append(s.key[0])
-          dep.append(float(depth))
-      pred = self.predict_at(params, np.stack(toks).astype(np.int32),
-                             np.asarray(idx, np.int32), batch_size)
-      hit = pred == np.asarray(first)
-      dep = np.asarray(dep)
-      by_depth = {f"{d:g}": float(hit[dep == d].mean()) for d in depths}
-      results[str(int(length))] = {"accuracy": float(hit.mean()), "hits": int(hit.sum()),
-                                   "samples": int(hit.size), "by_depth": by_depth}
-      if log:
-        log(f"passkey length {length}: accuracy {hit.mean():.3f} ({hit.sum()}/{hit.size})")
-    return results
+    def logprobs_at(tokens_BxT, positions_Q):
+      return self.logprobs_at(params, tokens_BxT, positions_Q, batch_size)
+
+    out = pk.run_grid(logprobs_at, tokenizer, filler_tokens, chunk_text=ct, lengths=lengths,
+                      depths=depths, trials=trials, kinds=kinds, formats=formats, seed=seed,
+                      batch_size=batch_size, num_keys=num_keys, key_len=key_len,
+                      answer_offset=answer_offset, log=log)
+    out["engine"] = "full_forward"
+    return out
+
+
+__all__ = ["Evaluator", "ScoreFn", "score_fn"]

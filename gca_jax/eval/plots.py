@@ -17,6 +17,8 @@ from typing import Mapping
 
 import numpy as np
 
+from gca_jax.eval.passkey import grid_table
+
 
 def _plt():
   import matplotlib
@@ -115,7 +117,6 @@ def plot_passkey_grid(grid: Mapping, out_dir: str, *, metric: str = "first_token
                       prefix: str = "passkey") -> list[str]:
   """One heatmap per (kind, format) of a `passkey_grid` result, written to
   `out_dir/{prefix}_{kind}_{format}.png`; returns the paths."""
-  from gca_jax.inference.tasks import grid_table
   paths = []
   for kind in grid["kinds"]:
     for fmt in grid["formats"]:
