@@ -13,6 +13,7 @@ advances when the training answer accuracy passes a gate.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -288,6 +289,24 @@ class _StageBatches:
     return b
 
 
+_WORKER: dict = {}
+
+
+def _worker_init(tokens, ids, mix, chunk_text: int, seed: int, process_index: int) -> None:
+  _WORKER.update(tokens=tokens, ids=ids, mix=mix, chunk_text=chunk_text, seed=seed,
+                 process_index=process_index, fns={})
+
+
+def _worker_batch(stage: Stage, rows: int, step: int) -> dict[str, np.ndarray]:
+  w = _WORKER
+  fn = w["fns"].get((stage, rows))
+  if fn is None:
+    fn = w["fns"][(stage, rows)] = _StageBatches(
+        w["tokens"], w["ids"], w["mix"], stage, rows, chunk_text=w["chunk_text"], seed=w["seed"],
+        process_index=w["process_index"])
+  return fn(step)
+
+
 class RecallIterator:
   """Training batches of the recall mix under the accuracy-gated length curriculum.
 
@@ -296,8 +315,9 @@ class RecallIterator:
   L = stage.length, b = stage.batch // process_count (see `gca_jax.data.recall.make_batch`).
   After the train step of batch n, `it.report(n, answer_accuracy)` feeds the gate (`Gate`);
   a stage change takes effect from batch n + 1. Every process must report the same (global)
-  accuracies. Batches are made ahead in a thread (`num_workers=0`) or in Grain worker
-  processes; those of a left stage are dropped.
+  accuracies. Batches are made ahead: `num_workers=0` by a Grain dataset (step -> batch) with a
+  prefetch thread, else by `num_workers` worker processes kept for the whole run (each batch is
+  a pure function of the step, so both give the same batches); those of a left stage are dropped.
 
   `get_state()` / `set_state()`: {"step", "stage", "stage_start", "window"} (JSON), the whole
   curriculum state, so a run resumed from it draws the same batches and changes stage at the
@@ -330,6 +350,8 @@ class RecallIterator:
     self.step, self.stage, self.stage_start = 0, 0, 0
     self.window: list[float] = []
     self._it = None
+    self._pool = None
+    self._pending: collections.deque = collections.deque()   # (step, future), in step order
 
   # -- iteration --------------------------------------------------------------------------------
   def __iter__(self):
@@ -341,28 +363,56 @@ class RecallIterator:
                        chunk_text=self.chunk_text, seed=self.seed,
                        process_index=self.process_index)
     ds = grain.MapDataset.range(self.step + 1, self.steps + 1).map(fn).to_iter_dataset()
-    if self.num_workers > 0:
-      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.num_workers,
-                                                       per_worker_buffer_size=self.prefetch))
-    elif self.prefetch > 0:
+    if self.prefetch > 0:
       ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=self.prefetch)
     return iter(ds)
 
+  def _fill(self) -> None:
+    """Keep num_workers * max(prefetch, 1) batches of the current stage in flight."""
+    if self._pool is None:
+      import concurrent.futures
+      import multiprocessing
+      self._pool = concurrent.futures.ProcessPoolExecutor(
+          self.num_workers, mp_context=multiprocessing.get_context("spawn"),
+          initializer=_worker_init, initargs=(np.asarray(self.tokens), self.ids, self.mix,
+                                              self.chunk_text, self.seed, self.process_index))
+    st = self.stages[self.stage]
+    nxt = self._pending[-1][0] + 1 if self._pending else self.step + 1
+    while len(self._pending) < self.num_workers * max(self.prefetch, 1) and nxt <= self.steps:
+      self._pending.append((nxt, self._pool.submit(_worker_batch, st,
+                                                   st.batch // self.process_count, nxt)))
+      nxt += 1
+
   def start_prefetch(self) -> None:
-    if self._it is None:
+    if self.num_workers > 0:
+      self._fill()
+    elif self._it is None:
       self._it = self._source()
 
   def _drop(self) -> None:
     it, self._it = self._it, None
     if it is not None and hasattr(it, "close"):
       it.close()
+    while self._pending:
+      self._pending.popleft()[1].cancel()
 
   def close(self) -> None:
     self._drop()
+    if self._pool is not None:
+      self._pool.shutdown(wait=False, cancel_futures=True)
+      self._pool = None
 
   def __next__(self) -> dict[str, np.ndarray]:
+    if self.step >= self.steps:
+      raise StopIteration
     self.start_prefetch()
-    batch = next(self._it)
+    if self.num_workers > 0:
+      step, fut = self._pending.popleft()
+      assert step == self.step + 1, (step, self.step)
+      batch = fut.result()
+      self._fill()
+    else:
+      batch = next(self._it)
     self.step += 1
     return batch
 

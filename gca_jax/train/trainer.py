@@ -455,6 +455,8 @@ def train(config, *, hooks: TrainHooks | None = None, devices=None,
     if status == "completed":
       logger.event(step, "completed")
   finally:
+    if feedback:
+      it.close()
     logger.close()
     ckpt.close()
   return TrainResult(status=status, step=step, start_step=start_step, last_metrics=last_metrics,
