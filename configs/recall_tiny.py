@@ -15,7 +15,7 @@ cross-entropy (answer weight 1). Optimiser: AdamW 2e-3, b2 0.95, wd 1e-3, clip 1
 steps, cosine to 0.1x. Each eval (every 200 steps) also scores 64 held-out official passkey
 samples at the training length (eval_answer_accuracy in metrics.jsonl).
 
-On one GPU: bf16 compute, 4 Grain workers make the batches. On CPU use
+On one GPU: bf16 compute, 4 worker processes make the batches. On CPU use
 `--config.model.dtype=float32 --config.data.num_workers=0` (and few steps).
 """
 
@@ -49,7 +49,7 @@ def get_config(model_kind: str = "drt"):
   d.tokenizer = "data/tokenizer/gca_tiny.model"
   d.seq_len = 1008                           # 16 chunks of 63 text tokens (the last stage)
   d.eval_windows = 32
-  d.num_workers = 4
+  d.num_workers = 4                          # worker processes making batches (0 on CPU)
   r = d.recall
   r.p_single = 0.4
   r.p_named = 0.5
