@@ -158,7 +158,8 @@ RECALL_BAD = [
 ]
 
 
-@pytest.mark.parametrize("overrides,pattern", RECALL_BAD, ids=[next(iter(b[0])) for b in RECALL_BAD])
+@pytest.mark.parametrize("overrides,pattern", RECALL_BAD,
+                         ids=[next(iter(b[0])) for b in RECALL_BAD])
 def test_recall_values_name_the_field(tmp_path, overrides, pattern):
   c = recall_run_config(str(tmp_path / "run"), str(tmp_path / "cache"), **overrides)
   with pytest.raises(RunConfigError, match=pattern):

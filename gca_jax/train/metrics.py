@@ -7,7 +7,8 @@
 eval records `{"step", "eval_loss", "eval_ppl", "eval_accuracy", "eval_tokens", "time"}` every
 `eval_every` steps (recall mix: also "eval_answer_accuracy", "eval_answer_nll",
 "eval_answer_count" of the held-out official passkey samples), and one `{"step", "event": ...}`
-record for start/resume/stop events and curriculum stage changes ("curriculum_stage"). TensorBoard scalars go to `<run_dir>/tensorboard` under the tags
+record for start/resume/stop events and curriculum stage changes ("curriculum_stage").
+TensorBoard scalars go to `<run_dir>/tensorboard` under the tags
 `train/<name>` and `eval/<name>`.
 
 Resume: records of steps after the resumed checkpoint (written by the interrupted run after its
