@@ -291,7 +291,8 @@ def train(config, *, hooks: TrainHooks | None = None, devices=None,
         f"the rest; curriculum stages (tokens x batch): {stages}; at stage {it.stage}")
   say(f"model {model_cfg.model_kind}: {param_count(state.params) / 1e6:.2f}M params; mesh "
       f"{dict(mesh.shape)} on {len(devices)} {devices[0].platform} device(s); batch {gbs} x "
-      f"{seq_len} tokens (grad_accum {tc.grad_accum}); train stream {data.train_tokens} tokens; "
+      f"{it.current.length if feedback else seq_len} tokens (grad_accum {tc.grad_accum}); "
+      f"train stream {data.train_tokens} tokens; "
       f"steps {start_step} -> {steps}; run_dir {run_dir}")
   impls = resolved_impls(model_cfg, gbs // max(1, len(devices)) // int(tc.grad_accum), seq_len)
   say("kernels (impl='auto' resolves to): " + ", ".join(f"{k}={v}" for k, v in impls.items()))
