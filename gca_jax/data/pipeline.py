@@ -293,6 +293,10 @@ _WORKER: dict = {}
 
 
 def _worker_init(tokens, ids, mix, chunk_text: int, seed: int, process_index: int) -> None:
+  import signal
+  # SIGTERM/SIGINT are the training process's to handle (it saves, then closes the pool)
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
   _WORKER.update(tokens=tokens, ids=ids, mix=mix, chunk_text=chunk_text, seed=seed,
                  process_index=process_index, fns={})
 
