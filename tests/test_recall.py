@@ -255,3 +255,20 @@ def test_iterator_state_resumes_exactly(ids, filler):
 def test_iterator_rejects_stages_that_do_not_fit(ids, filler):
   with pytest.raises(ValueError, match=r"stage 0 \(126 tokens, needles x8\)"):
     _iterator(ids, filler, stages=((2, 8), (16, 1)))
+
+
+def test_worker_processes_make_the_same_batches(ids, filler):
+  """num_workers > 0 (the GPU setting: a process pool kept across stages) == the in-process
+  Grain path, through a stage change."""
+  out = {}
+  for nw in (0, 1):
+    it = _iterator(ids, filler, gate=Gate(0.5, 2, 2), num_workers=nw)
+    out[nw] = []
+    for s in range(1, 5):
+      out[nw].append(next(it))
+      it.report(s, 1.0)
+    it.close()
+  assert [b["inputs"].shape[1] for b in out[1]] == [315, 315, 504, 504]
+  for a, b in zip(out[0], out[1]):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
