@@ -6,6 +6,7 @@ Examples:
     python train.py --config configs/tiny.py --config.train.steps=50 --config.run_dir=runs/t50
     python train.py --config configs/drt_128m.py --config.data.train_path=/data/pg19/train \\
         --config.data.tokenizer=/data/tok32k.model --config.run_dir=/ckpt/drt128m
+    python train.py --config configs/recall_tiny.py      # the retrieval recipe (docs/results.md)
 
 The run resumes automatically from the latest complete checkpoint in `config.run_dir`.
 SIGTERM: the current step finishes, a checkpoint is saved and the process exits 0.

@@ -43,9 +43,25 @@ def small_run_config(run_dir: str, cache_dir: str, **overrides):
   c.checkpoint.async_save = True
   c.run_dir = run_dir
   for k, v in overrides.items():
-    sec, field = k.split(".")
-    c[sec][field] = v
+    *secs, field = k.split(".")
+    node = c
+    for sec in secs:
+      node = node[sec]
+    node[field] = v
   return c
+
+
+# The recall recipe at the small model's scale: chunks of 15 text tokens, stages of 5 and 8
+# chunks (75 and 120 tokens), ~480 tokens per step (batches 6 and 4).
+RECALL = {"data.seq_len": 120, "data.recall.p_single": 0.4, "data.recall.p_named": 0.5,
+          "data.recall.eval_samples": 0, "data.curriculum.stages": "5:1,8:1",
+          "data.curriculum.tokens_per_step": 480, "data.curriculum.window": 2,
+          "data.curriculum.min_steps": 2, "data.curriculum.gate_accuracy": 0.0}
+
+
+def recall_run_config(run_dir: str, cache_dir: str, **overrides):
+  """small_run_config with the recall mix + a two-stage curriculum (RECALL; `overrides` win)."""
+  return small_run_config(run_dir, cache_dir, **{**RECALL, **overrides})
 
 
 def cli_overrides(run_dir: str, cache_dir: str, **extra) -> list[str]:

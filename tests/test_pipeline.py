@@ -145,10 +145,10 @@ def test_bad_arguments(tok):
     make_train_dataset(tokens, seq_len=8, global_batch_size=2, seed=-1)
   with pytest.raises(ValueError, match="needs the tokenizer"):
     make_train_dataset(tokens, seq_len=8, global_batch_size=2, seed=0,
-                       passkey=PasskeyConfig(0.5))
+                       passkey=PasskeyConfig(0.5, chunk_text=63))
   with pytest.raises(ValueError, match="too short for a passkey answer"):
     make_train_dataset(tokens, seq_len=32, global_batch_size=2, seed=0,
-                       passkey=PasskeyConfig(0.5), tokenizer=tok)
+                       passkey=PasskeyConfig(0.5, chunk_text=63), tokenizer=tok)
 
 
 # --- training dataset ---------------------------------------------------------------------
@@ -212,7 +212,7 @@ def test_uneven_shards_drop_remainder():
 
 
 def test_resume_is_exact(tok, valid_tokens):
-  kw = dict(seq_len=63 * 4, global_batch_size=4, seed=11, passkey=PasskeyConfig(0.5),
+  kw = dict(seq_len=63 * 4, global_batch_size=4, seed=11, passkey=PasskeyConfig(0.5, chunk_text=63),
             tokenizer=tok)
   it = iter(make_train_dataset(valid_tokens, **kw))
   for _ in range(5):
@@ -232,13 +232,38 @@ def test_resume_is_exact(tok, valid_tokens):
 def test_passkey_fraction(tok, valid_tokens):
   def passkey_rows(fraction):
     ds = make_train_dataset(valid_tokens, seq_len=63 * 4, global_batch_size=8, seed=2,
-                            passkey=PasskeyConfig(fraction), tokenizer=tok)
+                            passkey=PasskeyConfig(fraction, chunk_text=63), tokenizer=tok)
     it = iter(ds)
     rows = [next(it) for _ in range(25)]
     return sum(int((b["loss_weights"] < 1).any(axis=1).sum()) for b in rows)
   assert passkey_rows(0.0) == 0
   assert passkey_rows(1.0) == 200
   assert 70 <= passkey_rows(0.5) <= 130
+
+
+def test_passkey_rows_mark_their_answer(tok, valid_tokens):
+  """With passkey mixing every batch has "answer_mask": 1 at the target of the key's first
+  token in passkey rows (the train step's answer accuracy), 0 in plain windows."""
+  from gca_jax.data.passkey import NEEDLE_HEAD
+  head = np.asarray(tok.encode(NEEDLE_HEAD))
+  it = iter(make_train_dataset(valid_tokens, seq_len=63 * 4, global_batch_size=8, seed=4,
+                               passkey=PasskeyConfig(0.5, key_len_train=5, chunk_text=63),
+                               tokenizer=tok))
+  for _ in range(3):
+    b = next(it)
+    for r in range(8):
+      pos = np.flatnonzero(b["answer_mask"][r])
+      if (b["loss_weights"][r] == 1).all():
+        assert pos.size == 0
+        continue
+      assert pos.size == 1 and pos[0] % 63 == 3
+      key = b["targets"][r, pos[0]:pos[0] + 5]
+      needle = np.concatenate([head, key])
+      win = b["inputs"][r]
+      assert any(np.array_equal(win[i:i + len(needle)], needle)
+                 for i in range(pos[0] - len(needle)))
+  plain = next(iter(make_train_dataset(valid_tokens, seq_len=60, global_batch_size=2, seed=0)))
+  assert "answer_mask" not in plain
 
 
 def test_eval_windows():

@@ -4,18 +4,20 @@ import importlib
 
 import pytest
 
-from _train_helpers import small_run_config
+from _train_helpers import RECALL, recall_run_config, small_run_config
 from gca_jax.config import DRTConfig
 from gca_jax.train.run_config import (RunConfigError, base_config, from_dict, model_config,
                                       model_diff, to_dict, validate)
 
-CONFIGS = ["tiny", "drt_128m", "drt_128m_x2", "swa_128m", "full_128m"]
+CONFIGS = ["tiny", "drt_128m", "drt_128m_x2", "swa_128m", "full_128m", "recall_tiny",
+           "recall_tiny_swa", "recall_tiny_landmark"]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_shipped_configs_are_valid(name):
   c = importlib.import_module(f"configs.{name}").get_config()
-  mcfg = validate(c, num_devices=8 if name != "tiny" else 1, check_paths=(name == "tiny"))
+  mcfg = validate(c, num_devices=1 if name == "tiny" or "recall" in name else 8,
+                  check_paths=(name == "tiny"))
   assert isinstance(mcfg, DRTConfig)
   if name.endswith("128m") or name.endswith("x2"):
     assert (mcfg.d_model, mcfg.num_heads, mcfg.mlp_dim, mcfg.vocab_size) == (768, 12, 2048, 32000)
@@ -110,3 +112,70 @@ def test_valid_small_config_and_roundtrip(tmp_path):
 def test_base_config_has_all_model_fields():
   import dataclasses
   assert set(base_config().model.keys()) == {f.name for f in dataclasses.fields(DRTConfig)}
+
+
+def test_recall_configs_are_the_recipe():
+  """configs/recall_tiny*.py: the sotu_drt / sotu_swa / sotu_landmark models and recipe."""
+  get = lambda n: importlib.import_module(f"configs.{n}").get_config()  # noqa: E731
+  c = get("recall_tiny")
+  m = model_config(c)
+  assert (m.d_model, m.num_heads, m.mlp_dim, m.window, m.lower_layers, m.upper_groups,
+          m.encoder_layers, m.top_k, m.vocab_size) == (128, 4, 384, 128, 2, (2,), 2, 4, 4096)
+  assert (c.data.recall.p_single, c.data.recall.p_named, c.data.recall.n_queries) == (0.4, 0.5, 4)
+  assert c.data.curriculum.stages == "5:8,5:4,5:2,5:1,8:2,8:1,16:1"
+  assert (c.data.curriculum.gate_accuracy, c.data.curriculum.min_steps,
+          c.data.curriculum.window, c.data.curriculum.tokens_per_step) == (0.8, 50, 25, 32768)
+  assert (c.train.steps, c.train.lr, c.train.b2, c.train.weight_decay, c.train.lr_end_frac,
+          round(c.train.warmup_frac * c.train.steps)) == (4000, 2e-3, 0.95, 1e-3, 0.1, 100)
+  assert c.data.train_path == "data/sotu/train" and c.data.tokenizer.endswith("gca_tiny.model")
+  for name, kind in (("recall_tiny_swa", "swa"), ("recall_tiny_landmark", "landmark")):
+    b = model_config(get(name))
+    assert b.model_kind == kind and b.num_layers == 6 and b.d_model == 128
+    assert to_dict(get(name))["data"] == to_dict(c)["data"]
+
+
+RECALL_BAD = [
+    ({"data.recall.p_named": 0.7}, r"config\.data\.recall\.p_named=0\.7: p_single \(0\.4\) "
+     r"\+ p_named must be <= 1"),
+    ({"data.recall.p_single": -0.1}, r"config\.data\.recall\.p_single=-0\.1: must be >= 0"),
+    ({"data.recall.n_queries": 0}, r"config\.data\.recall\.n_queries=0: must be >= 1"),
+    ({"data.recall.key_len": 12}, r"config\.data\.recall\.key_len=12: .*one chunk of 15"),
+    ({"data.recall.answer_weight": -1.0}, r"config\.data\.recall\.answer_weight=-1\.0"),
+    ({"data.curriculum.stages": "5:1,x"}, r"config\.data\.curriculum\.stages='5:1,x': stage "
+     r"'x'"),
+    ({"data.curriculum.stages": "5:1,6:1"}, r"config\.data\.curriculum\.stages='5:1,6:1': the "
+     r"last stage \(6 chunks x 15 = 90 tokens\) must be the training length data\.seq_len=120"),
+    ({"data.curriculum.stages": "2:1,8:1"}, r"config\.data\.curriculum\.stages=.*at least 3 "
+     r"chunks"),
+    ({"data.curriculum.gate_accuracy": 1.5}, r"config\.data\.curriculum\.gate_accuracy=1\.5"),
+    ({"data.curriculum.window": 0}, r"config\.data\.curriculum\.window=0: must be >= 1"),
+    ({"data.passkey_fraction": 0.2}, r"config\.data\.passkey_fraction=0\.2: must be 0 with "
+     r"the recall mix"),
+    ({"data.num_workers": -1}, r"config\.data\.num_workers=-1: must be >= 0"),
+    ({"data.recall.p_single": 0.0, "data.recall.p_named": 0.0},
+     r"config\.data\.curriculum\.stages='5:1,8:1': the curriculum gates on the answer "
+     r"accuracy of recall samples"),
+]
+
+
+@pytest.mark.parametrize("overrides,pattern", RECALL_BAD,
+                         ids=[next(iter(b[0])) for b in RECALL_BAD])
+def test_recall_values_name_the_field(tmp_path, overrides, pattern):
+  c = recall_run_config(str(tmp_path / "run"), str(tmp_path / "cache"), **overrides)
+  with pytest.raises(RunConfigError, match=pattern):
+    validate(c, num_devices=1, check_paths=False)
+
+
+def test_recall_stage_that_cannot_hold_a_sample_names_the_field(tmp_path):
+  """Checked when the pipeline is built (it needs the tokenizer): a needle repeated 8 times does
+  not fit before the question in 5 chunks of 15 tokens."""
+  import jax
+
+  from gca_jax.train import train
+  c = recall_run_config(str(tmp_path / "run"), str(tmp_path / "cache"),
+                        **{"data.curriculum.stages": "5:8,8:1"})
+  validate(c, num_devices=1)
+  with pytest.raises(RunConfigError, match=r"config\.data\.curriculum\.stages='5:8,8:1': "
+                     r"stage 0 \(75 tokens, needles x8\)"):
+    train(c, devices=jax.devices()[:1], message=lambda s: None)
+  assert RECALL["data.curriculum.stages"] == "5:1,8:1"

@@ -1,25 +1,33 @@
-"""Token stream and Grain input pipeline for LM training and evaluation (SPEC §4).
+"""Token stream and Grain input pipelines for training and evaluation (SPEC §4).
 
 The corpus becomes one flat int32 stream: each document's ids followed by `eot_id`. Training
 samples are windows of seq_len+1 tokens starting at multiples of seq_len (window i covers
 stream[i*seq_len : (i+1)*seq_len + 1]; consecutive windows share one token, so every stream
 token after the first is a target exactly once per epoch): inputs = window[:-1],
 targets = window[1:].
+
+The recall recipe (docs/results.md) has its own pipeline, `RecallIterator`: batches of the recall
+mix (`gca_jax.data.recall`) drawn from random spans of the stream, under a length curriculum that
+advances when the training answer accuracy passes a gate.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
 import grain
+import grain.experimental
 import numpy as np
 
 from gca_jax.data.corpus import CorpusError, CorpusStats, list_corpus_files, read_documents
 from gca_jax.data.passkey import PasskeyConfig, insert_passkey
+from gca_jax.data.recall import TextFiller, check_mix, make_batch
 from gca_jax.data.tokenizer import Tokenizer
 
 CACHE_VERSION = 1
@@ -103,20 +111,23 @@ def _positive_int(name: str, v) -> int:
 
 
 class _Window:
-  """index -> {"inputs", "targets", "loss_weights"} of window `index`."""
+  """index -> {"inputs", "targets", "loss_weights"(, "answer_mask")} of window `index`."""
 
-  def __init__(self, tokens: np.ndarray, seq_len: int):
-    self.tokens, self.seq_len = tokens, seq_len
+  def __init__(self, tokens: np.ndarray, seq_len: int, answer_mask: bool = False):
+    self.tokens, self.seq_len, self.answer_mask = tokens, seq_len, answer_mask
 
   def __call__(self, i: int) -> dict[str, np.ndarray]:
     start = int(i) * self.seq_len
     w = np.array(self.tokens[start:start + self.seq_len + 1], np.int32)
-    return {"inputs": w[:-1], "targets": w[1:],
-            "loss_weights": np.ones(self.seq_len, np.float32)}
+    out = {"inputs": w[:-1], "targets": w[1:], "loss_weights": np.ones(self.seq_len, np.float32)}
+    if self.answer_mask:
+      out["answer_mask"] = np.zeros(self.seq_len, np.float32)
+    return out
 
 
 class _MixPasskey:
-  """With probability `config.fraction`, rewrite a window as an official passkey sample."""
+  """With probability `config.fraction`, rewrite a window as an official passkey sample
+  ("answer_mask" = 1 at the target of the key's first token)."""
 
   def __init__(self, config: PasskeyConfig, tokenizer: Tokenizer):
     self.config, self.tokenizer = config, tokenizer
@@ -126,9 +137,11 @@ class _MixPasskey:
       return ex
     window = np.concatenate([ex["inputs"], ex["targets"][-1:]])
     c = self.config
-    w, weights, _ = insert_passkey(window, self.tokenizer, rng, c.key_len_train, c.chunk_text,
-                                   c.answer_offset)
-    return {"inputs": w[:-1], "targets": w[1:], "loss_weights": weights}
+    w, weights, info = insert_passkey(window, self.tokenizer, rng, c.key_len_train,
+                                      chunk_text=c.chunk_text, answer_offset=c.answer_offset)
+    mask = np.zeros(len(weights), np.float32)
+    mask[info.answer_target_index] = 1.0
+    return {"inputs": w[:-1], "targets": w[1:], "loss_weights": weights, "answer_mask": mask}
 
 
 def make_train_dataset(tokens: np.ndarray, *, seq_len: int, global_batch_size: int, seed: int,
@@ -138,7 +151,8 @@ def make_train_dataset(tokens: np.ndarray, *, seq_len: int, global_batch_size: i
   """Shuffled training batches for this process (SPEC §4).
 
   Yields {"inputs": int32[b, seq_len], "targets": int32[b, seq_len],
-  "loss_weights": float32[b, seq_len]} with b = global_batch_size // process_count.
+  "loss_weights": float32[b, seq_len]} with b = global_batch_size // process_count; with
+  `passkey` also "answer_mask" float32[b, seq_len] (1 at each passkey answer's first target).
   The windows are split into `process_count` equal contiguous shards (remainder dropped);
   process p reads shard p only, reshuffled every epoch with a seed derived from
   (seed, process_index); `num_epochs=None` repeats forever. With `passkey`, a fraction of the
@@ -172,12 +186,13 @@ def make_train_dataset(tokens: np.ndarray, *, seq_len: int, global_batch_size: i
                       f"the stream has {len(tokens)}")
   if passkey is not None:
     insert_passkey(np.zeros(seq_len + 1, np.int32), tokenizer, np.random.default_rng(0),
-                   passkey.key_len_train, passkey.chunk_text, passkey.answer_offset)
+                   passkey.key_len_train, chunk_text=passkey.chunk_text,
+                   answer_offset=passkey.answer_offset)
   shuffle_seed, map_seed = (int(x) for x in
                             np.random.SeedSequence([seed, process_index]).generate_state(2))
   start = process_index * per_process
   ds = grain.MapDataset.range(start, start + per_process).shuffle(seed=shuffle_seed)
-  ds = ds.repeat(num_epochs).map(_Window(tokens, seq_len))
+  ds = ds.repeat(num_epochs).map(_Window(tokens, seq_len, answer_mask=passkey is not None))
   if passkey is not None:
     ds = ds.random_map(_MixPasskey(passkey, tokenizer), seed=map_seed)
   return ds.to_iter_dataset().batch(b, drop_remainder=True)
@@ -200,3 +215,246 @@ def make_eval_windows(tokens: np.ndarray, seq_len: int, max_windows: int
   w = np.asarray(tokens[:n * seq_len + 1], np.int32)[idx]
   return {"inputs": w[:, :-1], "targets": w[:, 1:],
           "loss_weights": np.ones((n, seq_len), np.float32)}
+
+
+# -- recall mix + accuracy-gated length curriculum (docs/results.md, "The recipe") ------------
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One curriculum stage: samples of `length` text tokens whose needle lines are written
+  `repeat` times, `batch` rows per step (global batch, all processes)."""
+
+  length: int
+  repeat: int
+  batch: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Gate:
+  """Stage i -> i+1 when, at a step that is a multiple of `window`, the mean training answer
+  accuracy of the steps since the previous check is >= `accuracy` and stage i has run for at
+  least `min_steps` steps."""
+
+  accuracy: float = 0.8
+  min_steps: int = 50
+  window: int = 25
+
+
+def parse_stages(spec: str) -> list[tuple[int, int]]:
+  """'chunks:repeat,...' (e.g. '5:8,5:1,16:1') -> [(chunks, repeat), ...]; ValueError says why."""
+  if not isinstance(spec, str) or not spec.strip():
+    raise ValueError(f"{spec!r}: expected 'chunks:repeat,...', e.g. '5:8,5:1,16:1'")
+  out = []
+  for part in spec.split(","):
+    bits = part.strip().split(":")
+    try:
+      chunks, repeat = (int(b) for b in bits)
+    except ValueError:
+      raise ValueError(f"stage {part.strip()!r} of {spec!r}: expected two integers "
+                       f"'chunks:repeat'") from None
+    if chunks < 1 or repeat < 1:
+      raise ValueError(f"stage {part.strip()!r} of {spec!r}: chunks and repeat must be >= 1")
+    out.append((chunks, repeat))
+  return out
+
+
+def curriculum_stages(pairs, *, chunk_text: int, tokens_per_step: int, batch_multiple: int = 1
+                      ) -> tuple[Stage, ...]:
+  """Stages of (chunks, repeat) pairs: length = chunks * chunk_text, batch = tokens_per_step //
+  length rounded down to a multiple of `batch_multiple` (at least one multiple)."""
+  m = _positive_int("batch_multiple", batch_multiple)
+  out = []
+  for chunks, repeat in pairs:
+    length = chunks * _positive_int("chunk_text", chunk_text)
+    out.append(Stage(length, repeat, max(m, tokens_per_step // length // m * m)))
+  return tuple(out)
+
+
+class _StageBatches:
+  """step -> this process's rows of the batch of `step` in one stage: a pure function of
+  (seed, process_index, step, stage), so batches can be made ahead, in any worker, and remade."""
+
+  def __init__(self, tokens, ids, mix, stage: Stage, rows: int, *, chunk_text: int, seed: int,
+               process_index: int):
+    self.text = TextFiller(np.asarray(tokens))
+    self.ids, self.stage, self.rows = ids, stage, rows
+    self.mix = dataclasses.replace(mix, repeat=stage.repeat)
+    self.chunk_text, self.seed, self.process_index = chunk_text, seed, process_index
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng([self.seed, self.process_index, int(step)])
+    b = make_batch(rng, self.ids, self.text, self.rows, self.stage.length, self.mix,
+                   chunk_text=self.chunk_text)
+    b.pop("kind")
+    return b
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(tokens, ids, mix, chunk_text: int, seed: int, process_index: int) -> None:
+  import signal
+  # SIGTERM/SIGINT are the training process's to handle (it saves, then closes the pool)
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  _WORKER.update(tokens=tokens, ids=ids, mix=mix, chunk_text=chunk_text, seed=seed,
+                 process_index=process_index, fns={})
+
+
+def _worker_batch(stage: Stage, rows: int, step: int) -> dict[str, np.ndarray]:
+  w = _WORKER
+  fn = w["fns"].get((stage, rows))
+  if fn is None:
+    fn = w["fns"][(stage, rows)] = _StageBatches(
+        w["tokens"], w["ids"], w["mix"], stage, rows, chunk_text=w["chunk_text"], seed=w["seed"],
+        process_index=w["process_index"])
+  return fn(step)
+
+
+class RecallIterator:
+  """Training batches of the recall mix under the accuracy-gated length curriculum.
+
+  `next(it)` is the batch of step `it.step + 1` (1-based) of the current stage:
+  {"inputs", "targets" int32[b, L], "loss_weights", "answer_mask" float32[b, L]} with
+  L = stage.length, b = stage.batch // process_count (see `gca_jax.data.recall.make_batch`).
+  After the train step of batch n, `it.report(n, answer_accuracy)` feeds the gate (`Gate`);
+  a stage change takes effect from batch n + 1. Every process must report the same (global)
+  accuracies. Batches are made ahead: `num_workers=0` by a Grain dataset (step -> batch) with a
+  prefetch thread, else by `num_workers` worker processes kept for the whole run (each batch is
+  a pure function of the step, so both give the same batches); those of a left stage are dropped.
+
+  `get_state()` / `set_state()`: {"step", "stage", "stage_start", "window"} (JSON), the whole
+  curriculum state, so a run resumed from it draws the same batches and changes stage at the
+  same steps as an uninterrupted one.
+  """
+
+  def __init__(self, tokens: np.ndarray, ids, mix, stages, gate: Gate, *, chunk_text: int,
+               seed: int, steps: int | None = None, process_index: int = 0,
+               process_count: int = 1, num_workers: int = 0, prefetch: int = 2):
+    if not stages:
+      raise ValueError("stages: at least one curriculum stage needed")
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index={process_index} must lie in [0, {process_count})")
+    for i, st in enumerate(stages):
+      if st.batch % process_count:
+        raise ValueError(f"stage {i}: batch {st.batch} not divisible by process_count="
+                         f"{process_count}")
+      try:
+        check_mix(ids, st.length, dataclasses.replace(mix, repeat=st.repeat),
+                  chunk_text=chunk_text)
+      except ValueError as e:
+        raise ValueError(f"stage {i} ({st.length} tokens, needles x{st.repeat}): {e}") from None
+    if len(tokens) < 2:
+      raise CorpusError(f"token stream of {len(tokens)} tokens is too short for recall samples")
+    self.tokens, self.ids, self.mix, self.stages, self.gate = tokens, ids, mix, tuple(stages), gate
+    self.chunk_text, self.seed = chunk_text, seed
+    self.steps = steps if steps is not None else 2 ** 40
+    self.process_index, self.process_count = process_index, process_count
+    self.num_workers, self.prefetch = num_workers, prefetch
+    self.step, self.stage, self.stage_start = 0, 0, 0
+    self.window: list[float] = []
+    self._it = None
+    self._pool = None
+    self._pending: collections.deque = collections.deque()   # (step, future), in step order
+
+  # -- iteration --------------------------------------------------------------------------------
+  def __iter__(self):
+    return self
+
+  def _source(self):
+    st = self.stages[self.stage]
+    fn = _StageBatches(self.tokens, self.ids, self.mix, st, st.batch // self.process_count,
+                       chunk_text=self.chunk_text, seed=self.seed,
+                       process_index=self.process_index)
+    ds = grain.MapDataset.range(self.step + 1, self.steps + 1).map(fn).to_iter_dataset()
+    if self.prefetch > 0:
+      ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=self.prefetch)
+    return iter(ds)
+
+  def _fill(self) -> None:
+    """Keep num_workers * max(prefetch, 1) batches of the current stage in flight."""
+    if self._pool is None:
+      import concurrent.futures
+      import multiprocessing
+      self._pool = concurrent.futures.ProcessPoolExecutor(
+          self.num_workers, mp_context=multiprocessing.get_context("spawn"),
+          initializer=_worker_init, initargs=(np.asarray(self.tokens), self.ids, self.mix,
+                                              self.chunk_text, self.seed, self.process_index))
+    st = self.stages[self.stage]
+    nxt = self._pending[-1][0] + 1 if self._pending else self.step + 1
+    while len(self._pending) < self.num_workers * max(self.prefetch, 1) and nxt <= self.steps:
+      self._pending.append((nxt, self._pool.submit(_worker_batch, st,
+                                                   st.batch // self.process_count, nxt)))
+      nxt += 1
+
+  def start_prefetch(self) -> None:
+    if self.num_workers > 0:
+      self._fill()
+    elif self._it is None:
+      self._it = self._source()
+
+  def _drop(self) -> None:
+    it, self._it = self._it, None
+    if it is not None and hasattr(it, "close"):
+      it.close()
+    while self._pending:
+      self._pending.popleft()[1].cancel()
+
+  def close(self) -> None:
+    self._drop()
+    if self._pool is not None:
+      self._pool.shutdown(wait=False, cancel_futures=True)
+      self._pool = None
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self.step >= self.steps:
+      raise StopIteration
+    self.start_prefetch()
+    if self.num_workers > 0:
+      step, fut = self._pending.popleft()
+      assert step == self.step + 1, (step, self.step)
+      batch = fut.result()
+      self._fill()
+    else:
+      batch = next(self._it)
+    self.step += 1
+    return batch
+
+  @property
+  def current(self) -> Stage:
+    return self.stages[self.stage]
+
+  def report(self, step: int, answer_accuracy: float | None) -> bool:
+    """The training answer accuracy of batch `step` (None: no answers); True if the stage
+    changed (from batch step + 1 on)."""
+    if step != self.step:
+      raise ValueError(f"report(step={step}) but the last batch drawn is step {self.step}")
+    if answer_accuracy is not None and math.isfinite(answer_accuracy):
+      self.window.append(float(answer_accuracy))
+    if step % self.gate.window:
+      return False
+    acc = sum(self.window) / len(self.window) if self.window else 0.0
+    self.window = []
+    if (self.stage + 1 < len(self.stages) and step - self.stage_start >= self.gate.min_steps
+        and acc >= self.gate.accuracy):
+      self.stage, self.stage_start = self.stage + 1, step
+      self._drop()
+      return True
+    return False
+
+  # -- checkpointing ----------------------------------------------------------------------------
+  def get_state(self) -> dict:
+    return {"step": self.step, "stage": self.stage, "stage_start": self.stage_start,
+            "window": list(self.window), "num_stages": len(self.stages)}
+
+  def set_state(self, state) -> None:
+    if isinstance(state, (bytes, str)):
+      state = json.loads(state)
+    if state.get("num_stages", len(self.stages)) != len(self.stages) or \
+        not 0 <= state["stage"] < len(self.stages):
+      raise ValueError(f"iterator state {state} does not fit a curriculum of "
+                       f"{len(self.stages)} stages")
+    self._drop()
+    self.step, self.stage = int(state["step"]), int(state["stage"])
+    self.stage_start = int(state["stage_start"])
+    self.window = [float(x) for x in state["window"]]

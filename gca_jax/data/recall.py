@@ -1,7 +1,7 @@
 """Synthetic recall / passkey samples for learning GCA retrieval (issue 5, SPEC §4, §7).
 
-One generator, `make_recall_sample`, covers the whole family used by
-`scripts/recipe/train_recall.py`:
+One generator, `make_recall_sample`, covers the whole family that the recall training mix
+(`config.data.recall`, `gca_jax.data.pipeline.RecallIterator`) draws from:
 
 - **official passkey** (`named=False, n_queries=1, repeat=1`): the SPEC §4 format.  Needle
   `|The passkey is:` P `|` somewhere in filler, question `|What is the passkey? The passkey is`
@@ -18,10 +18,11 @@ One generator, `make_recall_sample`, covers the whole family used by
 
 Coordinates follow `gca_jax.data.passkey`: a sample is a window of `length + 1` ids;
 inputs = window[:-1], targets = window[1:]; window index i is input position i and target index
-i - 1.  Chunk c is text positions [63c, 63c + 63).
+i - 1.  Chunk c is text positions [C c, C c + C), C = `chunk_text` = the model's
+`DRTConfig.text_per_chunk` (63 for chunk_size 64); every function takes it as a keyword.
 
 Layout rule (SPEC §7).  The last answer sits in the last chunk in which it fits,
-c_q = (length + 1 - answer_offset - key_len) // 63, its first token at a = 63 c_q + answer_offset,
+c_q = (length + 1 - answer_offset - key_len) // C, its first token at a = C c_q + answer_offset,
 so it is predicted from position a - 1 inside chunk c_q.  Query i of q uses chunk
 c_i = c_q - (q - 1 - i).  Its question (m tokens) ends right before a_i and starts in chunk
 c_i - 1 (m > answer_offset is checked), so the retrieval made at chunk c_i - 1's landmark — which
@@ -120,15 +121,15 @@ class RecallSample:
   question_starts: np.ndarray
 
 
-def answer_chunk(length: int, key_len: int, answer_offset: int = 4, chunk_text: int = 63) -> int:
+def answer_chunk(length: int, key_len: int, *, chunk_text: int, answer_offset: int = 4) -> int:
   """c_q: the last chunk of a `length + 1` window in which an answer of key_len fits."""
   return (length + 1 - answer_offset - key_len) // chunk_text
 
 
-def max_queries(length: int, key_len: int, needle_len: int, question_len: int,
-                answer_offset: int = 4, chunk_text: int = 63) -> int:
+def max_queries(length: int, key_len: int, needle_len: int, *, chunk_text: int,
+                answer_offset: int = 4) -> int:
   """Largest q whose needles (needle_len tokens each) fit before the first question's chunk."""
-  cq = answer_chunk(length, key_len, answer_offset, chunk_text)
+  cq = answer_chunk(length, key_len, chunk_text=chunk_text, answer_offset=answer_offset)
   q = 0
   while True:
     c1 = cq - q  # first answer chunk if q + 1 queries
@@ -144,9 +145,9 @@ def _split(rng: np.random.Generator, total: int, parts: int) -> np.ndarray:
 
 
 def make_recall_sample(rng: np.random.Generator, ids: PromptIds, filler: TextFiller, length: int,
-                       *, key_len: int = 5, n_queries: int = 1, named: bool = False,
-                       repeat: int = 1, answer_weight: float = 1.0, answer_offset: int = 4,
-                       chunk_text: int = 63, depth: float | None = None) -> RecallSample:
+                       *, chunk_text: int, key_len: int = 5, n_queries: int = 1,
+                       named: bool = False, repeat: int = 1, answer_weight: float = 1.0,
+                       answer_offset: int = 4, depth: float | None = None) -> RecallSample:
   """One sample (module docstring).  `depth` in [0, 1] (single query only) places the needle at
   that fraction of the room before the question's chunk; None draws it uniformly."""
   if key_len < 1 or n_queries < 1 or repeat < 1:
@@ -173,8 +174,11 @@ def make_recall_sample(rng: np.random.Generator, ids: PromptIds, filler: TextFil
   m = len(questions[0])
   if m <= answer_offset:
     raise ValueError(f"question of {m} tokens must be longer than answer_offset={answer_offset}")
+  if q > 1 and m + key_len > chunk_text:
+    raise ValueError(f"{q} queries: a question ({m} tokens) and its key ({key_len}) must fit in "
+                     f"one chunk of {chunk_text} (one query per chunk)")
   n = length + 1
-  cq = answer_chunk(length, key_len, answer_offset, chunk_text)
+  cq = answer_chunk(length, key_len, chunk_text=chunk_text, answer_offset=answer_offset)
   c1 = cq - (q - 1)
   a = chunk_text * (c1 + np.arange(q)) + answer_offset           # first answer token, window idx
   if c1 < 2 or a[0] - m < chunk_text * (c1 - 1):
@@ -219,11 +223,15 @@ def make_recall_sample(rng: np.random.Generator, ids: PromptIds, filler: TextFil
                       question_starts=(a - m).astype(np.int32))
 
 
+KIND_TEXT, KIND_SINGLE, KIND_NAMED = 0, 1, 2
+
+
 @dataclasses.dataclass(frozen=True)
 class MixSpec:
-  """What a training batch is made of: fractions of official passkey samples (`p_single`), named
-  multi-query samples (`p_named`, `n_queries` each) and plain LM windows (the rest); text or
-  Landmark filler (`p_landmark_filler` of the recall samples); needle repetitions `repeat`."""
+  """What a training batch is made of: fractions of official single-needle passkey samples
+  (`p_single`), named multi-query samples (`p_named`, up to `n_queries` each) and plain LM text
+  windows (the rest); Landmark filler instead of text in `p_landmark_filler` of the recall
+  samples; each needle line written `repeat` times; `answer_weight` on the answer targets."""
 
   p_single: float = 1.0
   p_named: float = 0.0
@@ -232,18 +240,60 @@ class MixSpec:
   key_len: int = 5
   repeat: int = 1
   answer_weight: float = 1.0
+  answer_offset: int = 4
+
+  def __post_init__(self):
+    for name in ("p_single", "p_named", "p_landmark_filler"):
+      if not 0.0 <= getattr(self, name) <= 1.0:
+        raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 1]")
+    if self.p_single + self.p_named > 1.0 + 1e-9:
+      raise ValueError(f"p_single + p_named = {self.p_single + self.p_named} must be <= 1")
+    for name in ("n_queries", "key_len", "repeat", "answer_offset"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+    if self.answer_weight < 0:
+      raise ValueError(f"answer_weight={self.answer_weight} must be >= 0")
+
+
+def named_queries(ids: PromptIds, length: int, mix: MixSpec, *, chunk_text: int) -> int:
+  """Queries of a named sample of `length` tokens: n_queries, fewer where they do not fit."""
+  needle = (len(ids.named_needle_head) + 1 + len(ids.named_needle_mid) + mix.key_len
+            + len(ids.needle_tail)) * mix.repeat
+  question = (len(ids.named_question_head) + len(ids.named_question_mid)
+              + len(ids.named_question_tail) + len(ids.named_question_end) + 2)
+  if question + mix.key_len > chunk_text:   # one query per chunk needs question + key in one
+    return 1
+  q = max_queries(length, mix.key_len, needle, chunk_text=chunk_text,
+                  answer_offset=mix.answer_offset)
+  return max(1, min(mix.n_queries, q))
+
+
+def check_mix(ids: PromptIds, length: int, mix: MixSpec, *, chunk_text: int) -> None:
+  """Raises ValueError (why) if a sample kind the mix draws cannot be built at `length`."""
+  rng = np.random.default_rng(0)
+  filler = RepeatFiller(ids.landmark_filler)
+  if mix.p_single > 0:
+    make_recall_sample(rng, ids, filler, length, chunk_text=chunk_text, key_len=mix.key_len,
+                       repeat=mix.repeat, answer_offset=mix.answer_offset)
+  if mix.p_named > 0:
+    make_recall_sample(rng, ids, filler, length, chunk_text=chunk_text, key_len=mix.key_len,
+                       n_queries=named_queries(ids, length, mix, chunk_text=chunk_text),
+                       named=True, repeat=mix.repeat, answer_offset=mix.answer_offset)
 
 
 def make_batch(rng: np.random.Generator, ids: PromptIds, text: TextFiller, batch: int, length: int,
-               mix: MixSpec, repeat_filler: TextFiller | None = None) -> dict[str, np.ndarray]:
-  """{"inputs", "targets" int32[b, length], "loss_weights" f32[b, length],
-  "answer_mask" f32[b, length] (1 at the first answer token of each query), "answer_all"
-  f32[b, length] (1 at every answer token)}."""
+               mix: MixSpec, *, chunk_text: int, repeat_filler: TextFiller | None = None
+               ) -> dict[str, np.ndarray]:
+  """One batch of the mix: {"inputs", "targets" int32[b, length], "loss_weights" f32[b, length],
+  "answer_mask" f32[b, length] (1 at the target of each query's first answer token),
+  "kind" int32[b] (KIND_TEXT / KIND_SINGLE / KIND_NAMED)}. Row kinds are drawn independently
+  with the mix's probabilities; everything is a function of `rng` only."""
   repeat_filler = repeat_filler or RepeatFiller(ids.landmark_filler)
   toks = np.zeros((batch, length + 1), np.int32)
   w = np.zeros((batch, length), np.float32)
   first = np.zeros((batch, length), np.float32)
-  allm = np.zeros((batch, length), np.float32)
+  kind = np.zeros(batch, np.int32)
+  q_named = named_queries(ids, length, mix, chunk_text=chunk_text) if mix.p_named > 0 else 1
   for b in range(batch):
     u = rng.random()
     if u >= mix.p_single + mix.p_named:
@@ -252,70 +302,11 @@ def make_batch(rng: np.random.Generator, ids: PromptIds, text: TextFiller, batch
       continue
     filler = repeat_filler if rng.random() < mix.p_landmark_filler else text
     named = u >= mix.p_single
-    q = 1
-    if named:
-      nl = (len(ids.named_needle_head) + len(ids.named_needle_mid) + 2 + mix.key_len) * mix.repeat
-      ql = (len(ids.named_question_head) + len(ids.named_question_mid)
-            + len(ids.named_question_tail) + len(ids.named_question_end) + 2)
-      q = max(1, min(mix.n_queries, max_queries(length, mix.key_len, nl, ql)))
-    s = make_recall_sample(rng, ids, filler, length, key_len=mix.key_len, n_queries=q,
-                           named=named, repeat=mix.repeat, answer_weight=mix.answer_weight)
+    s = make_recall_sample(rng, ids, filler, length, chunk_text=chunk_text, key_len=mix.key_len,
+                           n_queries=q_named if named else 1, named=named, repeat=mix.repeat,
+                           answer_weight=mix.answer_weight, answer_offset=mix.answer_offset)
     toks[b], w[b] = s.tokens, s.weights
     first[b, s.answer_targets[:, 0]] = 1.0
-    allm[b, s.answer_targets.reshape(-1)] = 1.0
+    kind[b] = KIND_NAMED if named else KIND_SINGLE
   return {"inputs": toks[:, :-1], "targets": toks[:, 1:], "loss_weights": w,
-          "answer_mask": first, "answer_all": allm}
-
-
-# -- a small, dependency-free model file (the recipe's final checkpoint) ----------------------
-
-def save_model(path: str, params, config, meta: dict | None = None) -> None:
-  """Writes `<path>/params.npz` (every leaf as bfloat16, stored as uint16 bits, keyed by its
-  '/'-joined path) and `<path>/config.json` ({"model": DRTConfig.to_dict(), "meta": meta}).
-  Atomic: written to `<path>.tmp` first, then renamed over `path` (never half-written)."""
-  import json
-  import os
-  import shutil
-
-  import jax
-  import ml_dtypes
-  tmp = path.rstrip("/") + ".tmp"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
-  flat = {}
-  for p, x in jax.tree_util.tree_flatten_with_path(params)[0]:
-    key = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in p)
-    flat[key] = np.asarray(x, np.float32).astype(ml_dtypes.bfloat16).view(np.uint16)
-  np.savez(os.path.join(tmp, "params.npz"), **flat)
-  with open(os.path.join(tmp, "config.json"), "w") as f:
-    json.dump({"model": config.to_dict(), "meta": meta or {}}, f, indent=1, default=str)
-  if os.path.exists(path):
-    old = path.rstrip("/") + ".old"
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
-  else:
-    os.replace(tmp, path)
-
-
-def load_model(path: str, dtype=np.float32):
-  """(params, DRTConfig, meta) from a `save_model` directory; params as nested dicts of
-  `dtype` numpy arrays (float32 by default: bf16 weights upcast exactly)."""
-  import json
-  import os
-
-  import ml_dtypes
-
-  from gca_jax.config import DRTConfig
-  with open(os.path.join(path, "config.json")) as f:
-    info = json.load(f)
-  params: dict = {}
-  with np.load(os.path.join(path, "params.npz")) as z:
-    for key in z.files:
-      node = params
-      parts = key.split("/")
-      for k in parts[:-1]:
-        node = node.setdefault(k, {})
-      node[parts[-1]] = z[key].view(ml_dtypes.bfloat16).astype(dtype)
-  return params, DRTConfig.from_dict(info["model"]), info.get("meta", {})
+          "answer_mask": first, "kind": kind}

@@ -2,9 +2,13 @@
 
 `<run_dir>/metrics.jsonl` gets one JSON object per line: train records
 `{"step", "loss", "lr", "grad_norm", "accuracy", "tokens_per_s", "step_time_s", "time"}` every
-`log_every` steps, eval records `{"step", "eval_loss", "eval_ppl", "eval_accuracy",
-"eval_tokens", "time"}` every `eval_every` steps, and one `{"step", "event": ...}` record for
-start/resume/stop events. TensorBoard scalars go to `<run_dir>/tensorboard` under the tags
+`log_every` steps (with recall / passkey samples also "answer_accuracy", "answer_nll",
+"answer_count" of that step's batch; with the recall curriculum "stage", "seq_len", "batch"),
+eval records `{"step", "eval_loss", "eval_ppl", "eval_accuracy", "eval_tokens", "time"}` every
+`eval_every` steps (recall mix: also "eval_answer_accuracy", "eval_answer_nll",
+"eval_answer_count" of the held-out official passkey samples), and one `{"step", "event": ...}`
+record for start/resume/stop events and curriculum stage changes ("curriculum_stage").
+TensorBoard scalars go to `<run_dir>/tensorboard` under the tags
 `train/<name>` and `eval/<name>`.
 
 Resume: records of steps after the resumed checkpoint (written by the interrupted run after its

@@ -61,6 +61,24 @@ def base_config() -> ml_collections.ConfigDict:
       cache_dir=".cache/tokens",
       shuffle_seed=0,
       eval_windows=16,
+      num_workers=0,
+  ))
+  c.data.recall = ml_collections.ConfigDict(dict(
+      p_single=0.0,
+      p_named=0.0,
+      n_queries=4,
+      key_len=5,
+      answer_offset=4,
+      answer_weight=1.0,
+      p_landmark_filler=0.0,
+      eval_samples=64,
+  ))
+  c.data.curriculum = ml_collections.ConfigDict(dict(
+      stages="",
+      gate_accuracy=0.8,
+      min_steps=50,
+      window=25,
+      tokens_per_step=0,
   ))
   c.train = ml_collections.ConfigDict(dict(
       steps=1000,
@@ -128,13 +146,79 @@ def model_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
 
 # -- validation --------------------------------------------------------------------------------
 
+def _validate_recall(config, mcfg: DRTConfig, seq_len: int) -> None:
+  """config.data.recall / config.data.curriculum (see the module docstring)."""
+  from gca_jax.data.pipeline import parse_stages
+  for sec in ("recall", "curriculum"):
+    if sec not in config.data:
+      raise RunConfigError(f"config.data.{sec}: missing section (see "
+                           f"gca_jax/train/run_config.py)")
+  ps = _float(config, "data.recall.p_single", lo=0.0, hi=1.0)
+  pn = _float(config, "data.recall.p_named", lo=0.0, hi=1.0)
+  if ps + pn > 1.0 + 1e-9:
+    _fail("data.recall.p_named", pn, f"p_single ({ps}) + p_named must be <= 1 (the rest is "
+          f"plain text)")
+  _float(config, "data.recall.p_landmark_filler", lo=0.0, hi=1.0)
+  _int(config, "data.recall.n_queries", minimum=1)
+  key_len = _int(config, "data.recall.key_len", minimum=1)
+  offset = _int(config, "data.recall.answer_offset", minimum=1)
+  _float(config, "data.recall.answer_weight", lo=0.0)
+  _int(config, "data.recall.eval_samples", minimum=0)
+  _float(config, "data.curriculum.gate_accuracy", lo=0.0, hi=1.0)
+  _int(config, "data.curriculum.min_steps", minimum=0)
+  _int(config, "data.curriculum.window", minimum=1)
+  _int(config, "data.curriculum.tokens_per_step", minimum=0)
+  spec = config.data.curriculum.stages
+  if not isinstance(spec, str):
+    _fail("data.curriculum.stages", spec, "must be a string 'chunks:repeat,...' ('' = none)")
+  if not recall_enabled(config):
+    if spec:
+      _fail("data.curriculum.stages", spec, "the curriculum gates on the answer accuracy of "
+            "recall samples: set data.recall.p_single and/or data.recall.p_named > 0")
+    return
+  if config.data.passkey_fraction > 0:
+    _fail("data.passkey_fraction", config.data.passkey_fraction, "must be 0 with the recall "
+          "mix (data.recall.p_single is its passkey share)")
+  tpc = mcfg.text_per_chunk
+  if offset + key_len > tpc:
+    _fail("data.recall.key_len", key_len, f"answer_offset ({offset}) + key length must fit in "
+          f"one chunk of {tpc} text tokens")
+  if spec:
+    try:
+      pairs = parse_stages(spec)
+    except ValueError as e:
+      _fail("data.curriculum.stages", spec, str(e))
+    last = pairs[-1][0] * tpc
+    if last != seq_len:
+      _fail("data.curriculum.stages", spec, f"the last stage ({pairs[-1][0]} chunks x {tpc} = "
+            f"{last} tokens) must be the training length data.seq_len={seq_len}")
+    for chunks, _ in pairs:
+      if chunks < 3:
+        _fail("data.curriculum.stages", spec, f"a stage of {chunks} chunk(s): recall samples "
+              f"need at least 3 chunks")
+  elif seq_len < 3 * tpc:
+    _fail("data.seq_len", seq_len, f"recall samples need at least 3 chunks = {3 * tpc} tokens")
+
+
 def _fail(name: str, value: Any, why: str):
   raise RunConfigError(f"config.{name}={value!r}: {why}")
 
 
+def _get(config, name: str):
+  v = config
+  for part in name.split("."):
+    v = v[part]
+  return v
+
+
+def recall_enabled(config) -> bool:
+  """The recall mix is on (p_single + p_named > 0)."""
+  r = config.data.get("recall")
+  return r is not None and float(r.p_single) + float(r.p_named) > 0
+
+
 def _int(config, name: str, *, minimum: int | None = None) -> int:
-  sec, field = name.split(".")
-  v = config[sec][field]
+  v = _get(config, name)
   if not isinstance(v, int) or isinstance(v, bool):
     _fail(name, v, "must be an integer")
   if minimum is not None and v < minimum:
@@ -144,8 +228,7 @@ def _int(config, name: str, *, minimum: int | None = None) -> int:
 
 def _float(config, name: str, lo: float | None = None, hi: float | None = None,
            lo_open: bool = False, hi_open: bool = False) -> float:
-  sec, field = name.split(".")
-  v = config[sec][field]
+  v = _get(config, name)
   if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
     _fail(name, v, "must be a finite number")
   if lo is not None and (v < lo or (lo_open and v == lo)):
@@ -250,6 +333,8 @@ def validate(config, *, num_devices: int | None = None, check_paths: bool = True
   _int(config, "data.eval_windows", minimum=1)
   if not isinstance(config.data.cache_dir, str):
     _fail("data.cache_dir", config.data.cache_dir, "must be a path string ('' = no cache)")
+  _int(config, "data.num_workers", minimum=0)
+  _validate_recall(config, mcfg, seq_len)
 
   # checkpoint
   _int(config, "checkpoint.every", minimum=0)

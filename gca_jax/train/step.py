@@ -15,6 +15,11 @@ exactly the same noise. With grad_accum > 1 the noise differs from that of a sin
 draw (same distribution), so DRT's Gumbel top-k is the one thing that is not bit-comparable
 between accumulation settings.
 
+Metrics: loss, grad_norm, lr, num_tokens, accuracy (weighted next-token argmax accuracy), finite;
+with an "answer_mask" in the batch also answer_accuracy (argmax of the answers' first tokens,
+the curriculum gate's input), answer_nll and answer_count. The answer loss weight is part of
+"loss_weights" (the normal loss path).
+
 Non-finite guard: if the loss or the gradient norm is NaN/Inf, the returned state is the input
 state unchanged (step not incremented) and `metrics["finite"]` is False; the trainer stops.
 """
@@ -39,7 +44,10 @@ def _global_norm(tree) -> jax.Array:
 
 
 def _loss_sums(model: nn.Module, params, batch, key, train: bool = True, score=None):
-  """(nll_sum, (num_tokens, num_correct)) of one (micro)batch."""
+  """(nll_sum, sums) of one (micro)batch: the weighted NLL sum (the loss numerator) and a dict
+  of sums {"num_tokens" (weight sum), "num_correct"} plus, when the batch has "answer_mask"
+  (1 at the target of each answer's first token: recall / passkey samples),
+  {"answer_count", "answer_correct" (argmax hits), "answer_nll"} over those targets."""
   if score is not None:
     logits = score(model, params, batch["inputs"])
   else:
@@ -47,8 +55,26 @@ def _loss_sums(model: nn.Module, params, batch, key, train: bool = True, score=N
     logits = model.apply({"params": params}, batch["inputs"], train=train, rngs=rngs)
   _, m = cross_entropy_loss(logits, batch["targets"], batch["loss_weights"])
   n = m["num_tokens"]
-  correct = m["accuracy"] * jnp.maximum(n, 1.0)
-  return m["nll_sum"], (n, correct)
+  sums = {"num_tokens": n, "num_correct": m["accuracy"] * jnp.maximum(n, 1.0)}
+  if "answer_mask" in batch:
+    mask = batch["answer_mask"].astype(jnp.float32)
+    lg = jax.lax.stop_gradient(logits).astype(jnp.float32)
+    tgt = batch["targets"][..., None].astype(jnp.int32)
+    nll = jax.nn.logsumexp(lg, axis=-1) - jnp.take_along_axis(lg, tgt, axis=-1)[..., 0]
+    hit = (jnp.argmax(lg, axis=-1) == batch["targets"]).astype(jnp.float32)
+    sums.update(answer_count=jnp.sum(mask), answer_correct=jnp.sum(hit * mask),
+                answer_nll=jnp.sum(nll * mask))
+  return m["nll_sum"], sums
+
+
+def _answer_metrics(sums: dict) -> dict:
+  """answer_accuracy / answer_nll (means over the answers; 0 without any) + answer_count."""
+  if "answer_count" not in sums:
+    return {}
+  c = sums["answer_count"]
+  d = jnp.maximum(c, 1.0)
+  return {"answer_accuracy": sums["answer_correct"] / d, "answer_nll": sums["answer_nll"] / d,
+          "answer_count": c}
 
 
 def _split_microbatches(batch: dict, accum: int, mesh: Mesh | None) -> dict:
@@ -73,7 +99,7 @@ def train_step_fn(model: nn.Module, tx: optax.GradientTransformation,
   def step(state: TrainState, batch: dict):
     key = step_key(state.rng, state.step)
     if grad_accum == 1:
-      (nll, (n, correct)), grads = vg(state.params, batch, jax.random.fold_in(key, 0))
+      (nll, sums), grads = vg(state.params, batch, jax.random.fold_in(key, 0))
     else:
       micro = _split_microbatches(batch, grad_accum, mesh)
       zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
@@ -82,14 +108,18 @@ def train_step_fn(model: nn.Module, tx: optax.GradientTransformation,
 
       def body(carry, xs):
         i, mb = xs
-        g_acc, nll_acc, n_acc, c_acc = carry
-        (nll, (n, c)), g = vg(state.params, mb, jax.random.fold_in(key, i))
+        g_acc, nll_acc, s_acc = carry
+        (nll, s), g = vg(state.params, mb, jax.random.fold_in(key, i))
         g_acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
-        return (g_acc, nll_acc + nll, n_acc + n, c_acc + c), None
+        return (g_acc, nll_acc + nll, jax.tree.map(jnp.add, s_acc, s)), None
 
       z = jnp.zeros((), jnp.float32)
-      (grads, nll, n, correct), _ = jax.lax.scan(
-          body, (zeros, z, z, z), (jnp.arange(grad_accum), micro))
+      keys = ("num_tokens", "num_correct") + (
+          ("answer_count", "answer_correct", "answer_nll") if "answer_mask" in batch else ())
+      s0 = {k: z for k in keys}
+      (grads, nll, sums), _ = jax.lax.scan(
+          body, (zeros, z, s0), (jnp.arange(grad_accum), micro))
+    n, correct = sums["num_tokens"], sums["num_correct"]
     denom = jnp.maximum(n, 1.0)
     grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state.params)
     loss = nll / denom
@@ -100,7 +130,8 @@ def train_step_fn(model: nn.Module, tx: optax.GradientTransformation,
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
     metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
-               "num_tokens": n, "accuracy": correct / denom, "finite": finite}
+               "num_tokens": n, "accuracy": correct / denom, "finite": finite,
+               **_answer_metrics(sums)}
     return new, metrics
 
   return step
@@ -124,14 +155,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
 def make_eval_step(model: nn.Module, mesh: Mesh, param_shardings,
                    batch_shardings: dict, score: Callable | None = None) -> Callable:
-  """Jitted `(params, batch) -> {"nll_sum", "num_tokens", "num_correct"}` (train=False).
+  """Jitted `(params, batch) -> {"nll_sum", "num_tokens", "num_correct"}` (train=False), plus
+  {"answer_count", "answer_correct", "answer_nll"} sums when the batch has "answer_mask".
 
   `score(model, params, tokens) -> logits` replaces the plain eval-mode forward if given
   (see `gca_jax.evaluation.score_fn`).
   """
   def step(params, batch):
-    nll, (n, correct) = _loss_sums(model, params, batch, None, train=False, score=score)
-    return {"nll_sum": nll, "num_tokens": n, "num_correct": correct}
+    nll, sums = _loss_sums(model, params, batch, None, train=False, score=score)
+    return {"nll_sum": nll, **sums}
 
   jitted = jax.jit(step, in_shardings=(param_shardings, batch_shardings))
 

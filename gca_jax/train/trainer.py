@@ -42,7 +42,7 @@ from gca_jax.train.metrics import MetricsLogger
 from gca_jax.train.optim import make_optimizer
 from gca_jax.train.state import (batch_shardings, check_divisible, init_state, param_count,
                                  place_batch, state_shardings)
-from gca_jax.train.step import make_train_step
+from gca_jax.train.step import make_eval_step, make_train_step
 
 class NonFiniteLossError(FloatingPointError):
   """The loss or gradient norm became NaN/Inf; the message names the step."""
@@ -104,20 +104,82 @@ class _Preemption:
 @dataclasses.dataclass
 class RunData:
   tokenizer: Any
-  train_ds: Any
+  train_ds: Any                 # Grain dataset (LM windows) or a RecallIterator (recall mix)
   eval_windows: dict | None
   train_tokens: int
   eval_tokens: np.ndarray | None
+  batch_keys: tuple[str, ...]   # keys of every training batch
+  recall_eval: dict | None = None   # held-out official passkey samples at seq_len (recall mix)
 
 
-def build_data(config, model_cfg) -> RunData:
-  """Tokenizer, training dataset (this process's shard) and held-out eval windows."""
+BASE_KEYS = ("inputs", "targets", "loss_weights")
+
+
+def _recall_data(config, model_cfg, tok, train_tokens, eval_tokens, batch_multiple: int):
+  """(RecallIterator, held-out samples or None) of config.data.recall / .curriculum."""
+  from gca_jax.data import (Gate, MixSpec, RecallIterator, Stage, curriculum_stages,
+                            make_recall_sample, parse_stages, prompt_ids)
+  from gca_jax.data.recall import TextFiller
+  d, r, cu = config.data, config.data.recall, config.data.curriculum
+  tpc = model_cfg.text_per_chunk
+  gbs = int(config.train.global_batch_size)
+  mix = MixSpec(p_single=float(r.p_single), p_named=float(r.p_named), n_queries=r.n_queries,
+                p_landmark_filler=float(r.p_landmark_filler), key_len=r.key_len,
+                answer_weight=float(r.answer_weight), answer_offset=r.answer_offset)
+  if cu.stages:
+    tps = int(cu.tokens_per_step) or gbs * int(d.seq_len)
+    stages = curriculum_stages(parse_stages(cu.stages), chunk_text=tpc, tokens_per_step=tps,
+                               batch_multiple=batch_multiple)
+    field, value = "data.curriculum.stages", cu.stages
+  else:
+    stages = (Stage(int(d.seq_len), 1, gbs),)
+    field, value = "data.seq_len", d.seq_len
+  ids = prompt_ids(tok)
+  try:
+    it = RecallIterator(train_tokens, ids, mix, stages,
+                        Gate(float(cu.gate_accuracy), int(cu.min_steps), int(cu.window)),
+                        chunk_text=tpc, seed=int(d.shuffle_seed), steps=int(config.train.steps),
+                        process_index=jax.process_index(), process_count=jax.process_count(),
+                        num_workers=int(d.num_workers))
+  except ValueError as e:
+    raise rc.RunConfigError(f"config.{field}={value!r}: {e}") from e
+  held = None
+  if eval_tokens is not None and r.eval_samples > 0:
+    rng = np.random.default_rng([12345, int(d.seq_len)])
+    filler = TextFiller(eval_tokens)
+    ss = [make_recall_sample(rng, ids, filler, int(d.seq_len), chunk_text=tpc,
+                             key_len=r.key_len, answer_offset=r.answer_offset)
+          for _ in range(int(r.eval_samples))]
+    toks = np.stack([x.tokens for x in ss])
+    mask = np.zeros((len(ss), int(d.seq_len)), np.float32)
+    for i, x in enumerate(ss):
+      mask[i, x.answer_targets[0, 0]] = 1.0
+    held = {"inputs": toks[:, :-1], "targets": toks[:, 1:],
+            "loss_weights": np.stack([x.weights for x in ss]), "answer_mask": mask}
+  return it, held
+
+
+def build_data(config, model_cfg, batch_multiple: int = 1) -> RunData:
+  """Tokenizer, training data (this process's shard) and held-out eval data.
+
+  `batch_multiple`: what every global batch must be a multiple of (mesh data*fsdp*grad_accum);
+  used for the curriculum stages' batch sizes.
+  """
   from gca_jax.data import (PasskeyConfig, Tokenizer, make_eval_windows, make_train_dataset,
                             tokenize_corpus)
   d = config.data
   tok = Tokenizer.load(d.tokenizer)
   cache = d.cache_dir or None
   train_stream = tokenize_corpus(d.train_path, tok, cache)
+  windows = eval_tokens = None
+  if config.train.eval_every >= 0:
+    eval_tokens = np.asarray(tokenize_corpus(d.eval_path, tok, cache).tokens)
+    windows = make_eval_windows(eval_tokens, d.seq_len, d.eval_windows)
+  if rc.recall_enabled(config):
+    ds, held = _recall_data(config, model_cfg, tok, np.asarray(train_stream.tokens),
+                            eval_tokens, batch_multiple)
+    return RunData(tok, ds, windows, int(len(train_stream.tokens)), eval_tokens,
+                   BASE_KEYS + ("answer_mask",), held)
   passkey = None
   if d.passkey_fraction > 0:
     passkey = PasskeyConfig(fraction=float(d.passkey_fraction), key_len_train=d.passkey_key_len,
@@ -127,11 +189,8 @@ def build_data(config, model_cfg) -> RunData:
                           global_batch_size=config.train.global_batch_size,
                           seed=d.shuffle_seed, process_index=jax.process_index(),
                           process_count=jax.process_count(), passkey=passkey, tokenizer=tok)
-  windows = eval_tokens = None
-  if config.train.eval_every >= 0:
-    eval_tokens = np.asarray(tokenize_corpus(d.eval_path, tok, cache).tokens)
-    windows = make_eval_windows(eval_tokens, d.seq_len, d.eval_windows)
-  return RunData(tok, ds, windows, int(len(train_stream.tokens)), eval_tokens)
+  keys = BASE_KEYS + (("answer_mask",) if passkey is not None else ())
+  return RunData(tok, ds, windows, int(len(train_stream.tokens)), eval_tokens, keys)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -143,7 +202,8 @@ def _check_resume_config(saved: dict, current: dict, step: int, msg: Callable[[s
         f"run_dir already holds a checkpoint (step {step}) of a different model; "
         f"resuming would not fit. Differences (saved != given):\n  " + "\n  ".join(diff) +
         "\nUse a new config.run_dir, or the saved model config.")
-  for sec, fields in (("data", ("train_path", "seq_len", "shuffle_seed", "passkey_fraction")),
+  for sec, fields in (("data", ("train_path", "seq_len", "shuffle_seed", "passkey_fraction",
+                                 "recall", "curriculum")),
                       ("train", ("global_batch_size", "seed"))):
     for f in fields:
       a, b = saved.get(sec, {}).get(f), current[sec].get(f)
@@ -189,7 +249,9 @@ def train(config, *, hooks: TrainHooks | None = None, devices=None,
 
   tc = config.train
   mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
-  data = build_data(config, model_cfg)
+  accum = int(tc.grad_accum)
+  data = build_data(config, model_cfg,
+                    math.lcm(mesh.shape["data"] * mesh.shape["fsdp"] * accum, jax.process_count()))
 
   model = DRT(model_cfg)
   tx, schedule = make_optimizer(tc)
@@ -202,7 +264,9 @@ def train(config, *, hooks: TrainHooks | None = None, devices=None,
   ckpt = Checkpointer(run_dir, keep=config.checkpoint.keep,
                       async_save=config.checkpoint.async_save)
   it = iter(data.train_ds)
+  feedback = hasattr(it, "report")   # the curriculum reads each step's answer accuracy
   latest = ckpt.latest_step()
+  tokens_seen = 0
   if latest is not None:
     _, saved_cfg = ckpt.restore_config(latest)
     _check_resume_config(saved_cfg, cfg_dict, latest, say)
@@ -210,6 +274,7 @@ def train(config, *, hooks: TrainHooks | None = None, devices=None,
     start_step = int(jax.device_get(state.step))
     if start_step != latest:
       raise CheckpointError(f"checkpoint {latest} holds state.step={start_step}")
+    tokens_seen = int(ckpt.restore_meta(latest).get("tokens_seen", 0))
     say(f"resumed from {ckpt.directory}/{latest}")
   else:
     state = init_state(model, tx, mesh, tc.seed, shardings)
@@ -217,10 +282,17 @@ def train(config, *, hooks: TrainHooks | None = None, devices=None,
 
   steps = int(tc.steps)
   gbs, seq_len = int(tc.global_batch_size), int(config.data.seq_len)
-  tokens_per_step = gbs * seq_len
+  if feedback:
+    cur = it.current
+    gbs = cur.batch
+    stages = ", ".join(f"{st.length}x{st.batch} (needles x{st.repeat})" for st in it.stages)
+    say(f"recall mix: single {config.data.recall.p_single}, named "
+        f"{config.data.recall.p_named} (up to {config.data.recall.n_queries} queries), text "
+        f"the rest; curriculum stages (tokens x batch): {stages}; at stage {it.stage}")
   say(f"model {model_cfg.model_kind}: {param_count(state.params) / 1e6:.2f}M params; mesh "
       f"{dict(mesh.shape)} on {len(devices)} {devices[0].platform} device(s); batch {gbs} x "
-      f"{seq_len} tokens (grad_accum {tc.grad_accum}); train stream {data.train_tokens} tokens; "
+      f"{it.current.length if feedback else seq_len} tokens (grad_accum {tc.grad_accum}); "
+      f"train stream {data.train_tokens} tokens; "
       f"steps {start_step} -> {steps}; run_dir {run_dir}")
   impls = resolved_impls(model_cfg, gbs // max(1, len(devices)) // int(tc.grad_accum), seq_len)
   say("kernels (impl='auto' resolves to): " + ", ".join(f"{k}={v}" for k, v in impls.items()))
@@ -231,10 +303,7 @@ def train(config, *, hooks: TrainHooks | None = None, devices=None,
     say = logger.message if is_main else (lambda _t: None)  # noqa: F811 - route through the bar
   logger.event(start_step, "resume" if start_step else "start", steps=steps)
 
-  example = {"inputs": np.zeros((gbs, seq_len), np.int32),
-             "targets": np.zeros((gbs, seq_len), np.int32),
-             "loss_weights": np.zeros((gbs, seq_len), np.float32)}
-  b_shard = batch_shardings(mesh, example)
+  b_shard = batch_shardings(mesh, {k: np.zeros((1, 1)) for k in data.batch_keys})
   train_step = make_train_step(model, tx, schedule, mesh, shardings, b_shard,
                                grad_accum=int(tc.grad_accum))
   evaluator = None
@@ -247,14 +316,44 @@ def train(config, *, hooks: TrainHooks | None = None, devices=None,
     r = evaluator.perplexity(state.params, data.eval_windows, int(tc.eval_batch_size))
     out = {"eval_loss": r["loss"], "eval_ppl": r["ppl"], "eval_accuracy": r["accuracy"],
            "eval_tokens": r["tokens"]}
+    text = (f"step {step}: eval loss {r['loss']:.4f} ppl {r['ppl']:.2f} acc "
+            f"{r['accuracy']:.3f} ({r['tokens']} tokens")
+    if data.recall_eval is not None:
+      a = recall_eval(data.recall_eval)
+      out.update(a)
+      text += (f"; held-out passkey first-token acc {a['eval_answer_accuracy']:.3f} of "
+               f"{a['eval_answer_count']} at {seq_len} tokens")
     logger.eval(step, out)
-    say(f"step {step}: eval loss {r['loss']:.4f} ppl {r['ppl']:.2f} acc {r['accuracy']:.3f} "
-        f"({r['tokens']} tokens, {time.time() - t0:.1f}s)")
+    say(text + f", {time.time() - t0:.1f}s)")
     return out
+
+  recall_step = None
+
+  def recall_eval(samples: dict) -> dict:
+    nonlocal recall_step
+    bs = int(tc.eval_batch_size)
+    if recall_step is None:
+      recall_step = make_eval_step(model, mesh, shardings.params, b_shard)
+    hits = count = nll = 0.0
+    n = samples["inputs"].shape[0]
+    for i in range(0, n, bs):
+      rows = {k: v[i:i + bs] for k, v in samples.items()}
+      pad = bs - rows["inputs"].shape[0]
+      rows = {k: np.pad(v, ((0, pad), (0, 0))) for k, v in rows.items()}
+      per = bs // jax.process_count()
+      lo = per * jax.process_index()
+      hi = lo + per
+      o = jax.device_get(recall_step(state.params, place_batch(
+          {k: v[lo:hi] for k, v in rows.items()}, mesh, b_shard)))
+      hits += float(o["answer_correct"])
+      count += float(o["answer_count"])
+      nll += float(o["answer_nll"])
+    return {"eval_answer_accuracy": hits / max(count, 1.0),
+            "eval_answer_nll": nll / max(count, 1.0), "eval_answer_count": int(count)}
 
   def save(step: int, it_state, reason: str) -> None:
     if ckpt.save(step, state, it_state, cfg_dict,
-                 {"reason": reason, "tokens_seen": step * tokens_per_step}):
+                 {"reason": reason, "tokens_seen": tokens_seen}):
       logger.event(step, "checkpoint", reason=reason)
 
   def fetch(step: int):
@@ -272,7 +371,7 @@ def train(config, *, hooks: TrainHooks | None = None, devices=None,
   status = "completed"
   every = int(config.checkpoint.every)
   eval_every = int(tc.eval_every)
-  window_t0, window_steps = None, 0
+  window_t0, window_steps, window_tokens = None, 0, 0
   compile_s = None
   try:
     with _Preemption() as preempt:
@@ -280,11 +379,15 @@ def train(config, *, hooks: TrainHooks | None = None, devices=None,
         placed, snap = fetch(step + 1)
       while step < steps:
         t_dispatch = time.time()
+        shape = placed["inputs"].shape
+        step_tokens = int(shape[0] * shape[1])
+        stage_trained = it.stage if feedback else None
         state, metrics = train_step(state, placed)
         step += 1
-        cur_snap = snap
-        if step < steps:
-          placed, snap = fetch(step + 1)
+        if not feedback:   # fetch the next batch while the device computes
+          cur_snap = snap
+          if step < steps:
+            placed, snap = fetch(step + 1)
         m = {k: v.item() for k, v in jax.device_get(metrics).items()}
         now = time.time()
         if not m["finite"]:
@@ -293,33 +396,56 @@ def train(config, *, hooks: TrainHooks | None = None, devices=None,
               f"non-finite loss/gradient at step {step} (loss={m['loss']}, grad_norm="
               f"{m['grad_norm']}, lr={m['lr']:.3g}); training stopped, this update was not "
               f"applied and nothing was saved; last checkpoint: {ckpt.latest_step()}")
+        tokens_seen += step_tokens
+        window_tokens += step_tokens
+        if feedback:   # the gate reads this step's accuracy before the next batch is drawn
+          st_before = it.current
+          if it.report(step, m.get("answer_accuracy") if m.get("answer_count") else None):
+            st = it.current
+            logger.event(step, "curriculum_stage", stage=it.stage, seq_len=st.length,
+                         batch=st.batch, repeat=st.repeat)
+            say(f"step {step}: curriculum stage {it.stage}: {st_before.length} -> {st.length} "
+                f"tokens, batch {st.batch}, needles x{st.repeat} (a new shape compiles once)")
+          cur_snap = it.get_state()
+          if step < steps:
+            placed, _ = fetch(step + 1)
         if compile_s is None:
           compile_s = now - t_dispatch
-          window_t0, window_steps = now, 0
+          window_t0, window_steps, window_tokens = now, 0, 0
           say(f"step {step}: first step (incl. compilation) took {compile_s:.1f}s")
         else:
           window_steps += 1
         elapsed = now - window_t0 if window_t0 is not None else 0.0
-        tps = window_steps * tokens_per_step / elapsed if elapsed > 0 and window_steps else 0.0
+        tps = window_tokens / elapsed if elapsed > 0 and window_steps else 0.0
         eta = (steps - step) * elapsed / window_steps if window_steps else float("nan")
         last_metrics = {"loss": m["loss"], "lr": m["lr"], "grad_norm": m["grad_norm"],
                         "accuracy": m["accuracy"], "tokens_per_s": tps}
+        if "answer_accuracy" in m:
+          last_metrics.update(answer_accuracy=m["answer_accuracy"], answer_nll=m["answer_nll"],
+                              answer_count=m["answer_count"])
+        if feedback:
+          last_metrics.update(stage=stage_trained, seq_len=shape[1], batch=shape[0])
         logger.progress(step, {"loss": m["loss"], "tok/s": f"{tps:,.0f}"})
         if hooks.on_step:
           hooks.on_step(step, m)
         if step % int(tc.log_every) == 0 or step == steps:
           logger.train(step, {**last_metrics,
                               "step_time_s": elapsed / window_steps if window_steps else 0.0})
-          say(f"step {step}/{steps}: loss {m['loss']:.4f} lr {m['lr']:.3g} grad_norm "
+          extra = ""
+          if "answer_accuracy" in m:
+            extra = f" answer_acc {m['answer_accuracy']:.3f}"
+          if feedback:
+            extra += f" stage {stage_trained} ({shape[1]} tokens x {shape[0]})"
+          say(f"step {step}/{steps}: loss {m['loss']:.4f}{extra} lr {m['lr']:.3g} grad_norm "
               f"{m['grad_norm']:.3f} tokens/s {tps:,.0f} eta {_fmt_eta(eta)}")
-          window_t0, window_steps = time.time(), 0
+          window_t0, window_steps, window_tokens = time.time(), 0, 0
         if evaluator is not None and ((eval_every > 0 and step % eval_every == 0)
                                       or step == steps):
           last_eval = run_eval(step)
-          window_t0, window_steps = time.time(), 0
+          window_t0, window_steps, window_tokens = time.time(), 0, 0
         if (every > 0 and step % every == 0) or step == steps:
           save(step, cur_snap, "final" if step == steps else "periodic")
-          window_t0, window_steps = time.time(), 0
+          window_t0, window_steps, window_tokens = time.time(), 0, 0
         if step < steps and preempt.requested():
           say(f"SIGTERM received: saving step {step} and exiting")
           save(step, cur_snap, "preemption")
@@ -330,6 +456,8 @@ def train(config, *, hooks: TrainHooks | None = None, devices=None,
     if status == "completed":
       logger.event(step, "completed")
   finally:
+    if feedback:
+      it.close()
     logger.close()
     ckpt.close()
   return TrainResult(status=status, step=step, start_step=start_step, last_metrics=last_metrics,
