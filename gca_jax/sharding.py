@@ -8,9 +8,11 @@ Activation names: "batch", "act_length", "act_embed", "act_heads", "act_mlp", "a
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Sequence
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -99,3 +101,34 @@ def per_device_call(fn, args, arg_dims, out_dims):
                              for d in dims])
   return jax.shard_map(fn, mesh=mesh, in_specs=tuple(to_spec(d) for d in arg_dims),
                        out_specs=to_spec(out_dims), check_vma=False)(*args)
+
+
+@contextlib.contextmanager
+def mesh_context(mesh: Mesh):
+  """Mesh + logical-axis rules in scope: for tracing the model, jit and sharding constraints.
+
+  `jax.set_mesh` makes the mesh visible to `jax.sharding.get_abstract_mesh()` (used by Flax's
+  logical constraints and by the kernels' `shard_map`); the legacy `with mesh` is kept for code
+  that still reads the physical mesh from the thread resources.
+  """
+  with contextlib.ExitStack() as stack:
+    stack.enter_context(jax.set_mesh(mesh))
+    stack.enter_context(nn.logical_axis_rules(LOGICAL_AXIS_RULES))
+    yield mesh
+
+
+def batch_shardings(mesh: Mesh, batch_like: dict) -> dict:
+  """NamedSharding of each batch array: dim 0 over ("data", "fsdp"), the rest replicated."""
+  return {k: NamedSharding(mesh, P(BATCH_AXES, *([None] * (np.ndim(v) - 1))))
+          for k, v in batch_like.items()}
+
+
+def place_batch(batch: dict, mesh: Mesh, shardings: dict | None = None) -> dict:
+  """Process-local numpy batch -> global jax arrays sharded over the batch axes.
+
+  Each process passes its own `global_batch / process_count` rows
+  (`jax.make_array_from_process_local_data`), so the same code runs on one host or many.
+  """
+  shardings = shardings or batch_shardings(mesh, batch)
+  return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v))
+          for k, v in batch.items()}

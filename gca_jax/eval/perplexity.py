@@ -28,8 +28,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gca_jax.eval import passkey as pk
 from gca_jax.sharding import BATCH_AXES, batch_size_divisor
-from gca_jax.train.state import mesh_context, place_batch
-from gca_jax.train.step import make_eval_step
+from gca_jax.models.loss import loss_sums
+from gca_jax.sharding import mesh_context, place_batch
 
 ScoreFn = Callable[[nn.Module, object, jax.Array], jax.Array]
 
@@ -160,3 +160,24 @@ class Evaluator:
 
 
 __all__ = ["Evaluator", "ScoreFn", "score_fn"]
+
+
+def make_eval_step(model: nn.Module, mesh: Mesh, param_shardings,
+                   batch_shardings: dict, score: Callable | None = None) -> Callable:
+  """Jitted `(params, batch) -> {"nll_sum", "num_tokens", "num_correct"}` (train=False), plus
+  {"answer_count", "answer_correct", "answer_nll"} sums when the batch has "answer_mask".
+
+  `score(model, params, tokens) -> logits` replaces the plain eval-mode forward if given
+  (see `score_fn`).
+  """
+  def step(params, batch):
+    nll, sums = loss_sums(model, params, batch, None, train=False, score=score)
+    return {"nll_sum": nll, **sums}
+
+  jitted = jax.jit(step, in_shardings=(param_shardings, batch_shardings))
+
+  def run(params, batch):
+    with mesh_context(mesh):
+      return jitted(params, batch)
+
+  return run

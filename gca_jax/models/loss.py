@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -27,3 +28,27 @@ def cross_entropy_loss(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
   correct = (jnp.argmax(logits, axis=-1) == targets_BxT).astype(jnp.float32)
   acc = jnp.sum(correct * w) / jnp.maximum(n, 1.0)
   return loss, {"loss": loss, "nll_sum": nll_sum, "num_tokens": n, "accuracy": acc}
+
+
+def loss_sums(model: nn.Module, params, batch, key, train: bool = True, score=None):
+  """(nll_sum, sums) of one (micro)batch: the weighted NLL sum (the loss numerator) and a dict
+  of sums {"num_tokens" (weight sum), "num_correct"} plus, when the batch has "answer_mask"
+  (1 at the target of each answer's first token: recall / passkey samples),
+  {"answer_count", "answer_correct" (argmax hits), "answer_nll"} over those targets."""
+  if score is not None:
+    logits = score(model, params, batch["inputs"])
+  else:
+    rngs = {"gumbel": key} if train else None
+    logits = model.apply({"params": params}, batch["inputs"], train=train, rngs=rngs)
+  _, m = cross_entropy_loss(logits, batch["targets"], batch["loss_weights"])
+  n = m["num_tokens"]
+  sums = {"num_tokens": n, "num_correct": m["accuracy"] * jnp.maximum(n, 1.0)}
+  if "answer_mask" in batch:
+    mask = batch["answer_mask"].astype(jnp.float32)
+    lg = jax.lax.stop_gradient(logits).astype(jnp.float32)
+    tgt = batch["targets"][..., None].astype(jnp.int32)
+    nll = jax.nn.logsumexp(lg, axis=-1) - jnp.take_along_axis(lg, tgt, axis=-1)[..., 0]
+    hit = (jnp.argmax(lg, axis=-1) == batch["targets"]).astype(jnp.float32)
+    sums.update(answer_count=jnp.sum(mask), answer_correct=jnp.sum(hit * mask),
+                answer_nll=jnp.sum(nll * mask))
+  return m["nll_sum"], sums

@@ -5,7 +5,8 @@ from gca_jax.train.optim import make_optimizer, make_schedule
 from gca_jax.train.run_config import RunConfigError, base_config, model_config, validate
 from gca_jax.train.state import (TrainState, init_state, mesh_context, place_batch,
                                  state_shardings)
-from gca_jax.train.step import make_eval_step, make_train_step, train_step_fn
+from gca_jax.eval.perplexity import make_eval_step
+from gca_jax.train.step import make_train_step, train_step_fn
 from gca_jax.train.trainer import NonFiniteLossError, TrainHooks, TrainResult, train
 
 __all__ = [

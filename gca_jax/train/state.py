@@ -25,7 +25,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from gca_jax.sharding import BATCH_AXES, LOGICAL_AXIS_RULES
+from gca_jax.sharding import (BATCH_AXES, LOGICAL_AXIS_RULES, batch_shardings, mesh_context,  # noqa: F401
+                              place_batch)
 
 INIT_TOKENS = 8  # length of the dummy input used to create parameters (shape-independent)
 
@@ -36,20 +37,6 @@ class TrainState:
   params: Any
   opt_state: Any
   rng: jax.Array         # uint32[2] (or impl-dependent) raw key data of the base key
-
-
-@contextlib.contextmanager
-def mesh_context(mesh: Mesh):
-  """Mesh + logical-axis rules in scope: for tracing the model, jit and sharding constraints.
-
-  `jax.set_mesh` makes the mesh visible to `jax.sharding.get_abstract_mesh()` (used by Flax's
-  logical constraints and by the kernels' `shard_map`); the legacy `with mesh` is kept for code
-  that still reads the physical mesh from the thread resources.
-  """
-  with contextlib.ExitStack() as stack:
-    stack.enter_context(jax.set_mesh(mesh))
-    stack.enter_context(nn.logical_axis_rules(LOGICAL_AXIS_RULES))
-    yield mesh
 
 
 def key_data(key: jax.Array) -> jax.Array:
@@ -137,20 +124,3 @@ def check_divisible(abstract: TrainState, mesh: Mesh) -> None:
 
 def param_count(params) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
-
-
-def batch_shardings(mesh: Mesh, batch_like: dict) -> dict:
-  """NamedSharding of each batch array: dim 0 over ("data", "fsdp"), the rest replicated."""
-  return {k: NamedSharding(mesh, P(BATCH_AXES, *([None] * (np.ndim(v) - 1))))
-          for k, v in batch_like.items()}
-
-
-def place_batch(batch: dict, mesh: Mesh, shardings: dict | None = None) -> dict:
-  """Process-local numpy batch -> global jax arrays sharded over the batch axes.
-
-  Each process passes its own `global_batch / process_count` rows
-  (`jax.make_array_from_process_local_data`), so the same code runs on one host or many.
-  """
-  shardings = shardings or batch_shardings(mesh, batch)
-  return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v))
-          for k, v in batch.items()}

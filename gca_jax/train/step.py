@@ -34,37 +34,13 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from gca_jax.models.loss import cross_entropy_loss
+from gca_jax.models.loss import loss_sums
 from gca_jax.sharding import BATCH_AXES
 from gca_jax.train.state import TrainState, mesh_context, step_key
 
 
 def _global_norm(tree) -> jax.Array:
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
-
-
-def _loss_sums(model: nn.Module, params, batch, key, train: bool = True, score=None):
-  """(nll_sum, sums) of one (micro)batch: the weighted NLL sum (the loss numerator) and a dict
-  of sums {"num_tokens" (weight sum), "num_correct"} plus, when the batch has "answer_mask"
-  (1 at the target of each answer's first token: recall / passkey samples),
-  {"answer_count", "answer_correct" (argmax hits), "answer_nll"} over those targets."""
-  if score is not None:
-    logits = score(model, params, batch["inputs"])
-  else:
-    rngs = {"gumbel": key} if train else None
-    logits = model.apply({"params": params}, batch["inputs"], train=train, rngs=rngs)
-  _, m = cross_entropy_loss(logits, batch["targets"], batch["loss_weights"])
-  n = m["num_tokens"]
-  sums = {"num_tokens": n, "num_correct": m["accuracy"] * jnp.maximum(n, 1.0)}
-  if "answer_mask" in batch:
-    mask = batch["answer_mask"].astype(jnp.float32)
-    lg = jax.lax.stop_gradient(logits).astype(jnp.float32)
-    tgt = batch["targets"][..., None].astype(jnp.int32)
-    nll = jax.nn.logsumexp(lg, axis=-1) - jnp.take_along_axis(lg, tgt, axis=-1)[..., 0]
-    hit = (jnp.argmax(lg, axis=-1) == batch["targets"]).astype(jnp.float32)
-    sums.update(answer_count=jnp.sum(mask), answer_correct=jnp.sum(hit * mask),
-                answer_nll=jnp.sum(nll * mask))
-  return m["nll_sum"], sums
 
 
 def _answer_metrics(sums: dict) -> dict:
@@ -94,7 +70,7 @@ def train_step_fn(model: nn.Module, tx: optax.GradientTransformation,
                   schedule: optax.Schedule, grad_accum: int = 1,
                   mesh: Mesh | None = None, param_shardings=None) -> Callable:
   """The pure (un-jitted) step: (state, batch) -> (state, metrics)."""
-  vg = jax.value_and_grad(lambda p, b, k: _loss_sums(model, p, b, k), has_aux=True)
+  vg = jax.value_and_grad(lambda p, b, k: loss_sums(model, p, b, k), has_aux=True)
 
   def step(state: TrainState, batch: dict):
     key = step_key(state.rng, state.step)
@@ -150,25 +126,4 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
       return jitted(state, batch)
 
   run.jitted = jitted  # type: ignore[attr-defined]
-  return run
-
-
-def make_eval_step(model: nn.Module, mesh: Mesh, param_shardings,
-                   batch_shardings: dict, score: Callable | None = None) -> Callable:
-  """Jitted `(params, batch) -> {"nll_sum", "num_tokens", "num_correct"}` (train=False), plus
-  {"answer_count", "answer_correct", "answer_nll"} sums when the batch has "answer_mask".
-
-  `score(model, params, tokens) -> logits` replaces the plain eval-mode forward if given
-  (see `gca_jax.evaluation.score_fn`).
-  """
-  def step(params, batch):
-    nll, sums = _loss_sums(model, params, batch, None, train=False, score=score)
-    return {"nll_sum": nll, **sums}
-
-  jitted = jax.jit(step, in_shardings=(param_shardings, batch_shardings))
-
-  def run(params, batch):
-    with mesh_context(mesh):
-      return jitted(params, batch)
-
   return run

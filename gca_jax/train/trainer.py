@@ -42,7 +42,8 @@ from gca_jax.train.metrics import MetricsLogger
 from gca_jax.train.optim import make_optimizer
 from gca_jax.train.state import (batch_shardings, check_divisible, init_state, param_count,
                                  place_batch, state_shardings)
-from gca_jax.train.step import make_eval_step, make_train_step
+from gca_jax.eval.perplexity import make_eval_step
+from gca_jax.train.step import make_train_step
 
 class NonFiniteLossError(FloatingPointError):
   """The loss or gradient norm became NaN/Inf; the message names the step."""
@@ -308,7 +309,7 @@ def train(config, *, hooks: TrainHooks | None = None, devices=None,
                                grad_accum=int(tc.grad_accum))
   evaluator = None
   if data.eval_windows is not None:
-    from gca_jax.evaluation import Evaluator
+    from gca_jax.eval import Evaluator
     evaluator = Evaluator(model, mesh, shardings.params)
 
   def run_eval(step: int) -> dict:
