@@ -1,0 +1,117 @@
+"""Streaming mode of Landmark Attention (SPEC §6): the per-layer cache and the window layout.
+
+`landmark_cached_attention` is called by `SelfAttention(mode="landmark")` in stream mode with
+the PRE-RoPE projections of the A window rows of one call. Window row i is augmented stream
+position pos0 + i, pos0 = S * (n_text // L) + n_text % L (L = S - 1 text tokens per block, S =
+`block_size`); it is a landmark iff (n_text % L + i) % S == S - 1; the first `segment.n_valid`
+rows are valid, the rest scratch (written, never read by a valid query, overwritten next call).
+
+Cache variables (collection "cache", zero-initialised, M blocks of capacity):
+  "k", "v" [B, H, M*S, D]  keys rotated by their in-block offset / values of every past position;
+  "lmk"    [B, H, M, D]    each block's landmark key, scanned for the top-k.
+M = ceil(capacity_tokens / L) + ceil(A / L) + 1, rounded up to the scan block (`scan_block_size`
+of M and `spec.mem_block`); an engine grows the cache by zero-padding the block axis (axis 2).
+The math (retrieval, grouped softmax, bounded RoPE phases): `gca_jax.ops.landmark`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gca_jax.layers.common import rope_tables
+from gca_jax.ops.landmark import (landmark_cache_write, landmark_retrieval_attention,
+                                  rope_rotate, scan_block_size)
+
+
+def landmark_cache_blocks(capacity_tokens: int, window_rows: int, block_size: int,
+                          mem_block: int) -> int:
+  """Block capacity M of the cache for `capacity_tokens` text tokens and A = `window_rows`."""
+  L = block_size - 1
+  need = -(-capacity_tokens // L) + -(-window_rows // L) + 1
+  blk = max(1, min(mem_block, 1 << max(0, math.ceil(math.log2(need)))))
+  return -(-need // blk) * blk
+
+
+def _check_int(name: str, val, lo: int) -> int:
+  if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < lo:
+    raise ValueError(f"landmark streaming: {name}={val!r} must be an int >= {lo}")
+  return int(val)
+
+
+def landmark_cached_attention(module, q_BxAxHxD, k_BxAxHxD, v_BxAxHxD, *, segment,
+                              block_size: int, spec, top_k: int, rope_theta: float | None = None):
+  """Landmark attention of one call's A window rows over the stream so far -> [B, A, H, D].
+
+  module: the calling Linen module (cache variables are created through it; its `rope_theta`
+  is used unless `rope_theta` is given). q/k/v: PRE-RoPE projections [B, A, H, D]. segment:
+  `gca_jax.layers.stream.Segment` (n_text before this call). spec: `StreamSpec` (capacity_tokens,
+  mem_block, query_block, landmark_local_blocks; memory must be "device"). top_k: blocks
+  retrieved per query (besides the own block and the `landmark_local_blocks` forced ones).
+  With top_k >= the number of earlier blocks the result equals the training form.
+  """
+  if spec.memory == "host":
+    raise NotImplementedError(
+        "Landmark streaming keeps its K/V cache on the device: StreamSpec.memory='host' is not "
+        "implemented for SelfAttention(mode='landmark') (use memory='device')")
+  S = _check_int("block_size", block_size, 2)
+  top_k = _check_int("top_k", top_k, 1)
+  local = _check_int("StreamSpec.landmark_local_blocks", spec.landmark_local_blocks, 0)
+  if q_BxAxHxD.ndim != 4 or k_BxAxHxD.shape != q_BxAxHxD.shape or (
+      v_BxAxHxD.shape != q_BxAxHxD.shape):
+    raise ValueError(f"landmark streaming: q{q_BxAxHxD.shape}, k{k_BxAxHxD.shape}, "
+                     f"v{v_BxAxHxD.shape} must all be [B, A, H, D]")
+  B, A, H, Dh = q_BxAxHxD.shape
+  L = S - 1
+  theta = module.rope_theta if rope_theta is None else rope_theta
+  dt = k_BxAxHxD.dtype
+
+  M0 = landmark_cache_blocks(spec.capacity_tokens, A, S, spec.mem_block)
+  k_var = module.variable("cache", "k", jnp.zeros, (B, H, M0 * S, Dh), dt)
+  v_var = module.variable("cache", "v", jnp.zeros, (B, H, M0 * S, Dh), v_BxAxHxD.dtype)
+  lmk_var = module.variable("cache", "lmk", jnp.zeros, (B, H, M0, Dh), dt)
+  M = lmk_var.value.shape[2]  # an existing (possibly grown) cache sets the capacity
+  block = scan_block_size(M, spec.mem_block)
+
+  Kt = top_k + local
+  cos_t, sin_t = rope_tables(np.arange((Kt + 2) * S), Dh, theta)  # static, float64-built
+
+  n_text = jnp.asarray(segment.n_text, jnp.int32)
+  r = n_text % L
+  c0 = n_text // L
+  pos0 = c0 * S + r
+  q_win = r + jnp.arange(A, dtype=jnp.int32)  # in-stream offset from block c0's start
+  o_win = q_win % S
+  c_win = c0 + q_win // S
+
+  q = q_BxAxHxD.transpose(0, 2, 1, 3)
+  k = k_BxAxHxD.transpose(0, 2, 1, 3)
+  v = v_BxAxHxD.transpose(0, 2, 1, 3)
+  k = rope_rotate(k, o_win[None, None, :], cos_t, sin_t)  # cached rotated by in-block offset
+  k_all, v_all, lmk_all = landmark_cache_write(k_var.value, v_var.value, lmk_var.value, k, v,
+                                               pos0, block_size=S)
+  k_var.value, v_var.value, lmk_var.value = k_all, v_all, lmk_all
+
+  # query blocks of `query_block` rows (padding rows repeat block c0 offset 0; discarded)
+  qb = max(1, min(spec.query_block, A))
+  nb = -(-A // qb)
+  padq = nb * qb - A
+  c_pad = jnp.concatenate([c_win, jnp.full((padq,), c0, jnp.int32)]).reshape(nb, qb)
+  o_pad = jnp.concatenate([o_win, jnp.zeros((padq,), jnp.int32)]).reshape(nb, qb)
+  qp = jnp.pad(q, ((0, 0), (0, 0), (0, padq), (0, 0))).reshape(B, H, nb, qb, Dh)
+
+  def attend(xs):
+    qx, cx, ox = xs
+    return landmark_retrieval_attention(qx, cx, ox, k_all, v_all, lmk_all, block_size=S,
+                                        top_k=top_k, local_blocks=local, scan_block=block,
+                                        cos_t=cos_t, sin_t=sin_t)
+
+  o = jax.lax.map(attend, (qp.transpose(2, 0, 1, 3, 4), c_pad, o_pad))  # [nb, B, H, qb, Dh]
+  o = o.transpose(1, 0, 3, 2, 4).reshape(B, nb * qb, H, Dh)[:, :A]
+  return o.astype(q_BxAxHxD.dtype)
+
+
+__all__ = ["landmark_cache_blocks", "landmark_cached_attention"]

@@ -1,0 +1,203 @@
+"""Landmark Attention streaming mode (SPEC §6): `landmark_cached_attention` segment by segment vs
+the training form (top_k >= blocks) and vs a float64 brute-force reference of the selection rule."""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gca_jax.layers.common import apply_rope, rope_tables
+from gca_jax.layers.landmark_cache import landmark_cache_blocks, landmark_cached_attention
+from gca_jax.layers.stream import Segment, StreamSpec
+from gca_jax.ops.landmark import landmark_attention
+
+THETA = 10000.0
+SEGMENTS = (1, 17, 63, 100)  # text tokens per call
+
+
+class Harness(nn.Module):
+  """Calls the landmark stream on given PRE-RoPE q/k/v window rows."""
+  spec: StreamSpec
+  block_size: int
+  top_k: int
+  rope_theta: float = THETA
+
+  @nn.compact
+  def __call__(self, q, k, v, segment):
+    return landmark_cached_attention(self, q, k, v, segment=segment, block_size=self.block_size,
+                                     spec=self.spec, top_k=self.top_k)
+
+
+def _aug_len(n_text, S):
+  return n_text + n_text // (S - 1)
+
+
+def _window(n_text, P, S):
+  """(pos0, A, n_valid) of a call of P text tokens after n_text (the contract's layout)."""
+  L = S - 1
+  r = n_text % L
+  return S * (n_text // L) + r, P + -(-P // L), P + (r + P) // L
+
+
+def _empty_cache(model, args):
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args))["cache"]
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def _stream(q, k, v, S, segments, spec, top_k, grow_after=None, seed=7):
+  """Feeds the augmented rows of q/k/v [B, N, H, D] call by call; garbage in scratch rows.
+  Returns the stream output [B, N_valid, H, D] and the cache."""
+  model = Harness(spec, S, top_k)
+  B, _, H, D = q.shape
+  rng = np.random.default_rng(seed)
+  outs, cache, n_text = [], None, 0
+  step = jax.jit(lambda c, *a: model.apply({"cache": c}, *a, mutable=["cache"]))
+  for si, P in enumerate(segments):
+    pos0, A, n_valid = _window(n_text, P, S)
+    rows = [x[:, pos0:pos0 + A] for x in (q, k, v)]
+    junk = lambda x: x.at[:, n_valid:].set(
+        jnp.asarray(10 * rng.standard_normal((B, A - n_valid, H, D)), x.dtype))
+    rows = [junk(x) for x in rows]
+    seg = Segment(n_text=jnp.int32(n_text), n_valid=jnp.int32(n_valid))
+    if cache is None:
+      cache = _empty_cache(model, (*rows, seg))
+    o, mut = step(cache, *rows, seg)
+    cache = mut["cache"]
+    outs.append(np.asarray(o[:, :n_valid]))
+    n_text += P
+    if grow_after == si:  # engine growth: shapes at a larger capacity, zero-pad every leaf
+      big = _empty_cache(Harness(StreamSpec(4 * spec.capacity_tokens, mem_block=spec.mem_block,
+                                            query_block=spec.query_block,
+                                            landmark_local_blocks=spec.landmark_local_blocks),
+                                 S, top_k), (*rows, seg))
+      cache = jax.tree.map(lambda x, b: jnp.pad(x, [(0, n - m) for m, n in zip(x.shape, b.shape)]),
+                           cache, big)
+  return np.concatenate(outs, axis=1), cache
+
+
+def _qkv(B, N, H, D, seed=0):
+  ks = jax.random.split(jax.random.key(seed), 3)
+  return tuple(jax.random.normal(kk, (B, N, H, D), jnp.float32) for kk in ks)
+
+
+def _training_form(q, k, v, S):
+  N, D = q.shape[1], q.shape[-1]
+  cos, sin = rope_tables(np.arange(N), D, THETA)
+  return np.asarray(landmark_attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, S))
+
+
+def _rel(a, b):
+  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("S,top_k,grow", [(8, 64, None), (8, 40, 1), (64, 8, None)])
+def test_stream_equals_training_form_when_everything_is_retrieved(S, top_k, grow):
+  T = sum(SEGMENTS)
+  N = _aug_len(T, S)
+  q, k, v = _qkv(1, N + 4, 2, 8, seed=S)  # +4: rows past the stream for the last window
+  spec = StreamSpec(capacity_tokens=T, mem_block=4, query_block=32)
+  got, cache = _stream(q, k, v, S, SEGMENTS, spec, top_k, grow_after=grow)
+  ref = _training_form(q[:, :N], k[:, :N], v[:, :N], S)
+  assert got.shape == ref.shape
+  assert _rel(got, ref) <= 1e-5, _rel(got, ref)
+  M = cache["lmk"].shape[2]
+  assert cache["k"].shape == (1, 2, M * S, 8) and M % 4 == 0
+  if grow is not None:
+    assert M > landmark_cache_blocks(T, 2, S, 4)
+
+
+def _rot64(x, p, D):
+  inv = 1.0 / (THETA ** (np.arange(D // 2) * 2.0 / D))
+  c, s = np.cos(p * inv), np.sin(p * inv)
+  return np.concatenate([x[:D // 2] * c - x[D // 2:] * s, x[D // 2:] * c + x[:D // 2] * s])
+
+
+def _brute_force(q, k, v, S, top_k, local):
+  """float64 loop reference of the streaming selection rule (ops.landmark inference comment):
+  forced = the `local` nearest earlier blocks; plus the top_k other earlier blocks by
+  q(o + d*S) . k_lmk(S-1), d = true distance if <= top_k+local else top_k+local+1; selected blocks
+  placed in order at virtual distances m..1; grouped softmax over own block + selection."""
+  q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+  B, N, H, D = q.shape
+  Kt = top_k + local
+  out = np.zeros_like(q)
+  for b in range(B):
+    for h in range(H):
+      for i in range(N):
+        c, o = divmod(i, S)
+        qi = q[b, i, h]
+        lmk = lambda j: _rot64(k[b, j * S + S - 1, h], S - 1, D)
+        forced = [j for j in range(c) if c - j <= local]
+        rest = [j for j in range(c) if c - j > local]
+        score = {j: _rot64(qi, o + (c - j if c - j <= Kt else Kt + 1) * S, D) @ lmk(j)
+                 for j in rest}
+        chosen = sorted(forced + sorted(rest, key=lambda j: -score[j])[:top_k])
+        m = len(chosen)
+        logits, vals = [], []
+        q0 = _rot64(qi, o, D)
+        for j in range(c * S, i + 1):
+          if j % S != S - 1:
+            logits.append(q0 @ _rot64(k[b, j, h], j % S, D) / math.sqrt(D))
+            vals.append(v[b, j, h])
+        blocks = []
+        for u, j in enumerate(chosen):
+          qd = _rot64(qi, o + (m - u) * S, D)
+          logits.append(qd @ lmk(j) / math.sqrt(D))
+          tok = [qd @ _rot64(k[b, j * S + t, h], t, D) / math.sqrt(D) for t in range(S - 1)]
+          blocks.append((len(logits) - 1, np.array(tok), v[b, j * S:j * S + S - 1, h]))
+          vals.append(np.zeros(D))  # landmark values are never read
+        p = np.exp(np.array(logits) - max(logits))
+        p /= p.sum()
+        acc = sum(pi * vi for pi, vi in zip(p, vals))
+        for li, tok, vv in blocks:
+          g = np.exp(tok - tok.max())
+          acc = acc + p[li] * (g / g.sum()) @ vv
+        out[b, i, h] = acc
+  return out
+
+
+@pytest.mark.parametrize("top_k,local,mem_block,query_block", [(2, 0, 4, 32), (1, 2, 2, 16),
+                                                               (3, 1, 4096, 256)])
+def test_stream_top_k_matches_brute_force_selection(top_k, local, mem_block, query_block):
+  S = 8
+  T = sum(SEGMENTS)
+  N = _aug_len(T, S)
+  q, k, v = _qkv(1, N + 4, 2, 8, seed=10 + top_k)
+  spec = StreamSpec(capacity_tokens=T, mem_block=mem_block, query_block=query_block,
+                    landmark_local_blocks=local)
+  got, _ = _stream(q, k, v, S, SEGMENTS, spec, top_k)
+  ref = _brute_force(q[:, :N], k[:, :N], v[:, :N], S, top_k, local)
+  assert _rel(got, ref) <= 1e-5, _rel(got, ref)
+  # the selection matters here: the training form (everything retrieved) differs
+  assert _rel(got, _training_form(q[:, :N], k[:, :N], v[:, :N], S)) > 1e-3
+
+
+def test_one_trace_per_segment_shape_and_host_memory_refused():
+  S, P = 8, 17
+  traces = []
+  spec = StreamSpec(capacity_tokens=4 * P)
+  model = Harness(spec, S, 2)
+
+  def fwd(c, *a):
+    traces.append(1)
+    return model.apply({"cache": c}, *a, mutable=["cache"])
+
+  step = jax.jit(fwd)
+  q, k, v = _qkv(2, _aug_len(4 * P, S) + 4, 2, 8)
+  cache, n_text = None, 0
+  for _ in range(3):
+    pos0, A, n_valid = _window(n_text, P, S)
+    seg = Segment(n_text=jnp.int32(n_text), n_valid=jnp.int32(n_valid))
+    rows = [x[:, pos0:pos0 + A] for x in (q, k, v)]
+    cache = _empty_cache(model, (*rows, seg)) if cache is None else cache
+    _, mut = step(cache, *rows, seg)
+    cache = mut["cache"]
+    n_text += P
+  assert len(traces) == 1
+  assert all(float(jnp.abs(x).sum()) > 0 for x in jax.tree.leaves(cache))
+  host = Harness(StreamSpec(capacity_tokens=64, memory="host"), S, 2)
+  with pytest.raises(NotImplementedError, match="memory='host'"):
+    host.init(jax.random.key(0), *rows, seg)
