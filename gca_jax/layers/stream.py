@@ -1,6 +1,7 @@
 """Streaming mode of the layers: the static spec and the per-call segment position (§6)."""
 
 import dataclasses
+import math
 
 import flax
 import jax
@@ -43,3 +44,28 @@ class Segment:
   """
   n_text: jax.Array
   n_valid: jax.Array
+
+
+def round_up(x: int, m: int) -> int:
+  return -(-x // m) * m
+
+
+def effective_mem_block(rows: int, mem_block: int) -> int:
+  """Block of the blocked top-k scans: `mem_block`, or `rows` rounded up to a power of two when
+  that is smaller (so small memories are one block)."""
+  return max(1, min(mem_block, 1 << max(0, math.ceil(math.log2(max(rows, 1))))))
+
+
+def memory_rows(spec: StreamSpec, tokens_per_row: int) -> int:
+  """Rows of a growable per-chunk buffer for `spec.capacity_tokens` text tokens: every chunk of
+  `tokens_per_row` text tokens, plus 2 rows of room (a step writes ceil(P / tokens_per_row)
+  rows at the chunk count, the ones past the completed chunks scratch), rounded up to a multiple
+  of the scan block (`effective_mem_block`)."""
+  need = spec.capacity_tokens // tokens_per_row + 2
+  return round_up(need, effective_mem_block(need, spec.mem_block))
+
+
+def scan_block(rows: int, mem_block: int) -> int:
+  """The scan block for a buffer of `rows` rows: `effective_mem_block`, reduced to divide rows."""
+  blk = effective_mem_block(rows, mem_block)
+  return blk if rows % blk == 0 else math.gcd(rows, blk)
