@@ -1,14 +1,19 @@
 """Landmark Attention streaming mode (SPEC §6): `landmark_cached_attention` segment by segment vs
-the training form (top_k >= blocks) and vs a float64 brute-force reference of the selection rule."""
+the training form (top_k >= blocks) and vs a float64 brute-force reference of the selection rule;
+a model_kind="landmark" DRT streamed by the engine vs its full forward."""
 
+import importlib.util
 import math
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gca_jax import DRT, DRTConfig
+from gca_jax.inference import TRACE_COUNTS, stream_nll
 from gca_jax.layers.common import apply_rope, rope_tables
 from gca_jax.layers.landmark_cache import landmark_cache_blocks, landmark_cached_attention
 from gca_jax.layers.stream import Segment, StreamSpec
@@ -93,7 +98,7 @@ def _rel(a, b):
   return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-@pytest.mark.parametrize("S,top_k,grow", [(8, 64, None), (8, 40, 1), (64, 8, None)])
+@pytest.mark.parametrize("S,top_k,grow", [(8, 40, 1), (64, 8, None)])
 def test_stream_equals_training_form_when_everything_is_retrieved(S, top_k, grow):
   T = sum(SEGMENTS)
   N = _aug_len(T, S)
@@ -201,3 +206,65 @@ def test_one_trace_per_segment_shape_and_host_memory_refused():
   host = Harness(StreamSpec(capacity_tokens=64, memory="host"), S, 2)
   with pytest.raises(NotImplementedError, match="memory='host'"):
     host.init(jax.random.key(0), *rows, seg)
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def _model_setup(T=7 * 10 + 4, B=2):
+  """A 2-layer landmark DRT (blocks of 7 text tokens + 1 landmark), attention sharpened so that
+  retrieval choices matter; tokens [B, T] and the full-forward NLL [B, T-1]."""
+  cfg = DRTConfig(vocab_size=97, d_model=32, num_heads=4, mlp_dim=64, lower_layers=1,
+                  upper_groups=(1,), encoder_layers=1, window=8, chunk_size=8, top_k=2,
+                  model_kind="landmark", dtype="float32")
+  toks = jax.random.randint(jax.random.key(0), (B, T), 0, cfg.vocab_size)
+  params = flax.core.meta.unbox(DRT(cfg).init({"params": jax.random.key(1)}, toks)["params"])
+  params = jax.tree_util.tree_map_with_path(
+      lambda p, x: x * 6.0 if any(getattr(k, "key", None) in ("q_proj", "k_proj") for k in p)
+      else x, params)
+  logp = jax.nn.log_softmax(DRT(cfg).apply({"params": params}, toks[:, :-1]), axis=-1)
+  ref = -jnp.take_along_axis(logp, toks[:, 1:, None], axis=-1)[..., 0]
+  return cfg, params, np.asarray(toks), np.asarray(ref)
+
+
+@pytest.mark.parametrize("segment_len", [1, 13])
+def test_model_stream_all_retrieved_equals_full_forward(segment_len):
+  cfg, params, toks, ref = _model_setup()
+  before = TRACE_COUNTS["step"]
+  out = np.asarray(stream_nll(params, cfg, toks, segment_len=segment_len, landmark_top_k=11))
+  assert TRACE_COUNTS["step"] - before == 1
+  assert out.shape == ref.shape
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+  assert _rel(out, ref) <= 1e-6
+
+
+# NLL of the previous engine (gca_jax.inference.baseline_stream, segment_len=10): row sums and
+# the entries at text positions 0, 30, 50, 72; the new stream equalled it bit for bit.
+_PREVIOUS = {
+    (2, 0, 4096, 256): ([337.0289011, 335.08075762],
+                        [[4.75078297, 4.56217766, 4.60317564, 4.71993446],
+                         [4.53520203, 4.63093376, 4.65254164, 4.65173674]]),
+    (1, 2, 2, 4): ([337.11137533, 334.8799572],
+                   [[4.75078297, 4.55618858, 4.58978081, 4.75549936],
+                    [4.53520203, 4.63644218, 4.66277266, 4.65047503]]),
+}
+
+
+@pytest.mark.parametrize("top_k,local,mem_block,query_block", sorted(_PREVIOUS))
+def test_model_stream_small_top_k_matches_previous_engine(top_k, local, mem_block, query_block):
+  cfg, params, toks, ref = _model_setup()
+  kw = dict(landmark_top_k=top_k, landmark_local_blocks=local, mem_block=mem_block,
+            query_block=query_block)
+  out = np.asarray(stream_nll(params, cfg, toks, segment_len=10, **kw))
+  sums, entries = _PREVIOUS[(top_k, local, mem_block, query_block)]
+  np.testing.assert_allclose(out.astype(np.float64).sum(1), sums, rtol=1e-5)
+  np.testing.assert_allclose(out[:, [0, 30, 50, 72]], entries, rtol=1e-5)
+  exact = 7 * (1 + top_k + local)  # queries with <= top_k + local earlier blocks: all retrieved
+  np.testing.assert_allclose(out[:, :exact], ref[:, :exact], rtol=1e-5, atol=1e-5)
+  assert np.abs(out[:, exact:] - ref[:, exact:]).max() > 1e-3
+  if importlib.util.find_spec("gca_jax.inference.baseline_stream") is not None:
+    from gca_jax.inference import baseline_stream  # noqa: PLC0415
+    old = baseline_stream.stream_nll(params, cfg, toks, segment_len=10, top_k=top_k,
+                                     local_blocks=local, mem_block=mem_block,
+                                     query_block=query_block)
+    np.testing.assert_array_equal(out, np.asarray(old))

@@ -93,7 +93,8 @@ def landmark_cached_attention(module, q_BxAxHxD, k_BxAxHxD, v_BxAxHxD, *, segmen
   k = rope_rotate(k, o_win[None, None, :], cos_t, sin_t)  # cached rotated by in-block offset
   k_all, v_all, lmk_all = landmark_cache_write(k_var.value, v_var.value, lmk_var.value, k, v,
                                                pos0, block_size=S)
-  k_var.value, v_var.value, lmk_var.value = k_all, v_all, lmk_all
+  if not module.is_initializing():  # init only creates the (zero) cache, as the other layers
+    k_var.value, v_var.value, lmk_var.value = k_all, v_all, lmk_all
 
   # query blocks of `query_block` rows (padding rows repeat block c0 offset 0; discarded)
   qb = max(1, min(spec.query_block, A))
