@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gca_jax import DRT, DRTConfig
-from gca_jax.inference import TRACE_COUNTS, stream_nll
+from gca_jax.inference import TRACE_COUNTS, Stream, stream_nll
 from gca_jax.layers.common import apply_rope, rope_tables
 from gca_jax.layers.landmark_cache import landmark_cache_blocks, landmark_cached_attention
 from gca_jax.layers.stream import Segment, StreamSpec
@@ -180,7 +180,7 @@ def test_stream_top_k_matches_brute_force_selection(top_k, local, mem_block, que
   assert _rel(got, _training_form(q[:, :N], k[:, :N], v[:, :N], S)) > 1e-3
 
 
-def test_one_trace_per_segment_shape_and_host_memory_refused():
+def test_one_trace_per_segment_shape():
   S, P = 8, 17
   traces = []
   spec = StreamSpec(capacity_tokens=4 * P)
@@ -202,10 +202,8 @@ def test_one_trace_per_segment_shape_and_host_memory_refused():
     cache = mut["cache"]
     n_text += P
   assert len(traces) == 1
+  assert sorted(cache) == ["k", "lmk", "v"]
   assert all(float(jnp.abs(x).sum()) > 0 for x in jax.tree.leaves(cache))
-  host = Harness(StreamSpec(capacity_tokens=64, memory="host"), S, 2)
-  with pytest.raises(NotImplementedError, match="memory='host'"):
-    host.init(jax.random.key(0), *rows, seg)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -268,3 +266,23 @@ def test_model_stream_small_top_k_matches_previous_engine(top_k, local, mem_bloc
                                      local_blocks=local, mem_block=mem_block,
                                      query_block=query_block)
     np.testing.assert_array_equal(out, np.asarray(old))
+
+
+def test_model_stream_host_memory_bit_identical_to_device():
+  cfg, params, toks, ref = _model_setup()
+  kw = dict(landmark_top_k=1, landmark_local_blocks=1, mem_block=2, query_block=8)
+  dev = np.asarray(stream_nll(params, cfg, toks, segment_len=10, memory="device", **kw))
+  host = np.asarray(stream_nll(params, cfg, toks, segment_len=10, memory="host", **kw))
+  np.testing.assert_array_equal(host, dev)
+  assert np.abs(dev - ref).max() > 1e-3  # top_k < blocks: the selection is exercised
+  s = Stream(DRT(cfg), params, 2, segment_len=10, memory="host", capacity_tokens=20, **kw)
+  try:
+    out = np.concatenate([np.asarray(s.feed(toks[:, i:i + 10], toks[:, i + 1:i + 11]))
+                          for i in range(0, 60, 10)], axis=1)  # grows 20 -> 80 tokens
+    leaves = jax.tree_util.tree_leaves_with_path(s.cache)
+    names = {getattr(p[-1], "key", None) for p, _ in leaves}
+    assert "host_key" in names and "k" not in names and "v" not in names
+    assert s.memory_bytes()["host"] > 0
+  finally:
+    s.close()
+  np.testing.assert_array_equal(out, dev[:, :60])

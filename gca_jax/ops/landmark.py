@@ -170,38 +170,49 @@ def rope_rotate(x, pos, cos_t, sin_t):
   return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
 
 
+def landmark_lmk_refresh(lmk_BxHxMxD, knew_BxHxAxD, pos0, *, block_size: int):
+  """Landmark keys of the blocks A window rows (keys rotated by in-block offset, from augmented
+  position `pos0`) touch, taken from the window: block c0+u gets window row u*S + S-1 - pos0 % S.
+  A block whose landmark row lies past the window is unfinished: its entry is scratch, refreshed
+  when it completes. Returns lmk [B, H, M, D]."""
+  S = block_size
+  B, H, M, D = lmk_BxHxMxD.shape
+  A = knew_BxHxAxD.shape[2]
+  nt = min(M, (S - 2 + A) // S + 1)  # blocks A rows can touch from any in-block offset
+  c0 = pos0 // S
+  start = jnp.minimum(c0, M - nt)  # stays inside the buffer
+  rows = S * (start - c0 + jnp.arange(nt, dtype=jnp.int32)) + S - 1 - pos0 % S
+  inside = ((rows >= 0) & (rows < A))[None, None, :, None]
+  new = jnp.take(knew_BxHxAxD, jnp.clip(rows, 0, A - 1), axis=2).astype(lmk_BxHxMxD.dtype)
+  old = jax.lax.dynamic_slice(lmk_BxHxMxD, (0, 0, start, 0), (B, H, nt, D))
+  return jax.lax.dynamic_update_slice(lmk_BxHxMxD, jnp.where(inside, new, old), (0, 0, start, 0))
+
+
 def landmark_cache_write(k_BxHxNxD, v_BxHxNxD, lmk_BxHxMxD, knew_BxHxAxD, vnew_BxHxAxD, pos0,
                          *, block_size: int):
   """Writes A window rows (keys already rotated by their in-block offset) at cache row `pos0`
-  (int32 [], augmented stream position) and refreshes the landmark keys of every block the rows
+  (int32 [], augmented stream position) and refreshes the landmark keys of the blocks they
   touch. Returns (k, v, lmk). Rows past the valid prefix are scratch: overwritten by the next
   call, never read by a valid query (they are later in the own block or in a later block)."""
   S = block_size
-  B, H, N, D = k_BxHxNxD.shape
-  M = lmk_BxHxMxD.shape[2]
-  A = knew_BxHxAxD.shape[2]
+  N, M = k_BxHxNxD.shape[2], lmk_BxHxMxD.shape[2]
   if N != M * S:
     raise ValueError(f"landmark cache: k rows {N} must be lmk blocks {M} x block_size {S}")
-  nt = min(M, (S - 2 + A) // S + 1)  # blocks A rows can touch from any in-block offset
   k = jax.lax.dynamic_update_slice(k_BxHxNxD, knew_BxHxAxD.astype(k_BxHxNxD.dtype),
                                    (0, 0, pos0, 0))
   v = jax.lax.dynamic_update_slice(v_BxHxNxD, vnew_BxHxAxD.astype(v_BxHxNxD.dtype),
                                    (0, 0, pos0, 0))
-  c0 = pos0 // S
-  # slice and update clamp the start identically, so every written row is a true landmark row
-  rows = jax.lax.dynamic_slice(k, (0, 0, c0 * S, 0), (B, H, nt * S, D))
-  rows = rows.reshape(B, H, nt, S, D)[:, :, :, S - 1]
-  lmk = jax.lax.dynamic_update_slice(lmk_BxHxMxD, rows.astype(lmk_BxHxMxD.dtype), (0, 0, c0, 0))
+  lmk = landmark_lmk_refresh(lmk_BxHxMxD, knew_BxHxAxD.astype(k_BxHxNxD.dtype), pos0,
+                             block_size=S)
   return k, v, lmk
 
 
-def landmark_retrieval_attention(q_BxHxQxD, c_Q, o_Q, k_BxHxNxD, v_BxHxNxD, lmk_BxHxMxD, *,
-                                 block_size: int, top_k: int, local_blocks: int, scan_block: int,
-                                 cos_t, sin_t):
-  """Retrieval + grouped-softmax attention of Q queries (PRE-RoPE, block ids c_Q, in-block offsets
-  o_Q, int32 [Q]) over the cache (already holding the queries' own keys); rules in the comment
-  above. cos_t/sin_t: RoPE tables of at least (top_k + local_blocks + 2) * S positions.
-  Returns [B, H, Q, D] (q's dtype)."""
+def landmark_select(q_BxHxQxD, c_Q, lmk_BxHxMxD, o_Q, *, block_size: int, top_k: int,
+                    local_blocks: int, scan_block: int, cos_t, sin_t):
+  """The blocks each query reads (rules in the comment above): returns (blocks int32, dists
+  int32, ok bool), each [B, H, Q, Kt+1] (Kt = top_k + local_blocks): the selected blocks in
+  order, then the own block (last slot); the virtual distance (blocks back) each is placed at;
+  which slots hold a block (invalid slots point at block 0)."""
   B, H, Q, Dh = q_BxHxQxD.shape
   S = block_size
   M = lmk_BxHxMxD.shape[2]
@@ -211,8 +222,6 @@ def landmark_retrieval_attention(q_BxHxQxD, c_Q, o_Q, k_BxHxNxD, v_BxHxNxD, lmk_
   K1, local = top_k, local_blocks
   Kt = K1 + local
   scale = 1.0 / math.sqrt(Dh)
-  base = (jnp.arange(B, dtype=jnp.int32)[:, None] * H + jnp.arange(H, dtype=jnp.int32)) * M
-  base = base[:, :, None, None]  # [B, H, 1, 1] flat block row of block 0 of (b, h)
   q = q_BxHxQxD
   o4 = o_Q[None, None, :]
 
@@ -240,7 +249,9 @@ def landmark_retrieval_attention(q_BxHxQxD, c_Q, o_Q, k_BxHxNxD, v_BxHxNxD, lmk_
   # (2) the Kt most recent blocks at their true distance; the `local` nearest are forced
   dist_r = Kt - np.arange(Kt)  # static: block c-Kt+u is Kt-u blocks back
   jr = c_Q[:, None] - Kt + jnp.arange(Kt, dtype=jnp.int32)[None, :]  # [Q, Kt]
-  lr = jnp.take(lmk_BxHxMxD.reshape(-1, Dh), base + jnp.clip(jr, 0, M - 1)[None, None], axis=0,
+  base = (jnp.arange(B, dtype=jnp.int32)[:, None] * H + jnp.arange(H, dtype=jnp.int32)) * M
+  lr = jnp.take(lmk_BxHxMxD.reshape(-1, Dh),
+                base[:, :, None, None] + jnp.clip(jr, 0, M - 1)[None, None], axis=0,
                 mode="clip")  # [B, H, Q, Kt, Dh]
   qr = rope_rotate(q[:, :, :, None, :], o4[..., None] + jnp.asarray(dist_r * S, jnp.int32),
                    cos_t, sin_t)
@@ -254,27 +265,59 @@ def landmark_retrieval_attention(q_BxHxQxD, c_Q, o_Q, k_BxHxNxD, v_BxHxNxD, lmk_
   m = jnp.sum(ok, axis=-1, keepdims=True).astype(jnp.int32)
   dist = jnp.where(ok, m - jnp.arange(Kt, dtype=jnp.int32), 0)  # slots right before block c
 
-  # (3) gather own block + selected blocks, grouped softmax
   own_c = jnp.broadcast_to(c_Q[:, None], (B, H, Q, 1))
   blocks = jnp.concatenate([jnp.where(ok, sel, 0), own_c], -1)
-  dists = jnp.concatenate([dist, jnp.zeros((B, H, Q, 1), jnp.int32)], -1)  # [B, H, Q, Kt+1]
+  dists = jnp.concatenate([dist, jnp.zeros((B, H, Q, 1), jnp.int32)], -1)
   slot_ok = jnp.concatenate([ok, jnp.ones((B, H, Q, 1), bool)], -1)
-  flat = base + jnp.clip(blocks, 0, M - 1)
-  kg = jnp.take(k_BxHxNxD.reshape(-1, S, Dh), flat, axis=0, mode="clip")  # [B,H,Q,Kt+1,S,Dh]
-  vg = jnp.take(v_BxHxNxD.reshape(-1, S, Dh), flat, axis=0, mode="clip")
+  return blocks, dists, slot_ok
+
+
+def landmark_grouped_attend(q_BxHxQxD, o_Q, kg_BxHxQxKxSxD, vg_BxHxQxKxSxD, dists, slot_ok, *,
+                            cos_t, sin_t):
+  """Grouped softmax of Q queries (PRE-RoPE, in-block offsets o_Q) over their gathered blocks
+  (`landmark_select` order: selected blocks, then the own block; keys rotated by in-block
+  offset) placed at virtual distances `dists`. Returns [B, H, Q, D] (q's dtype)."""
+  q = q_BxHxQxD
+  B, H, Q, Dh = q.shape
+  K = kg_BxHxQxKxSxD.shape[3]
+  S = kg_BxHxQxKxSxD.shape[4]
+  scale = 1.0 / math.sqrt(Dh)
+  o4 = o_Q[None, None, :]
   qs = rope_rotate(q[:, :, :, None, :], o4[..., None] + dists * S, cos_t, sin_t)
-  s = jnp.einsum("bhqkd,bhqktd->bhqkt", qs, kg, preferred_element_type=jnp.float32) * scale
+  s = jnp.einsum("bhqkd,bhqktd->bhqkt", qs, kg_BxHxQxKxSxD,
+                 preferred_element_type=jnp.float32) * scale
   t = np.arange(S)
-  is_own = jnp.asarray(np.arange(Kt + 1) == Kt)[:, None]  # [Kt+1, 1]
+  is_own = jnp.asarray(np.arange(K) == K - 1)[:, None]  # [K, 1]
   own_m = ((t[None, :] <= o_Q[:, None]) & jnp.asarray(t != S - 1))[:, None, :]  # [Q, 1, S]
   lmk_t = jnp.asarray(t == S - 1)
-  top_mask = jnp.where(is_own, own_m, slot_ok[..., None] & lmk_t)  # [B, H, Q, Kt+1, S]
+  top_mask = jnp.where(is_own, own_m, slot_ok[..., None] & lmk_t)  # [B, H, Q, K, S]
   within_mask = ~is_own & slot_ok[..., None] & ~lmk_t
-  top = jax.nn.softmax(jnp.where(top_mask, s, _NEG).reshape(B, H, Q, (Kt + 1) * S), axis=-1)
-  top = top.reshape(B, H, Q, Kt + 1, S)
+  top = jax.nn.softmax(jnp.where(top_mask, s, _NEG).reshape(B, H, Q, K * S), axis=-1)
+  top = top.reshape(B, H, Q, K, S)
   within = jax.nn.softmax(jnp.where(within_mask, s, _NEG), axis=-1)
   w = (jnp.where(top_mask & is_own, top, 0.0)
        + jnp.where(within_mask, within * top[..., S - 1:], 0.0))
+  vg = vg_BxHxQxKxSxD
   out = jnp.einsum("bhqkt,bhqktd->bhqd", w.astype(vg.dtype), vg,
                    preferred_element_type=jnp.float32)
   return out.astype(q.dtype)
+
+
+def landmark_retrieval_attention(q_BxHxQxD, c_Q, o_Q, k_BxHxNxD, v_BxHxNxD, lmk_BxHxMxD, *,
+                                 block_size: int, top_k: int, local_blocks: int, scan_block: int,
+                                 cos_t, sin_t):
+  """Retrieval + grouped-softmax attention of Q queries (PRE-RoPE, block ids c_Q, in-block offsets
+  o_Q, int32 [Q]) over a device cache (already holding the queries' own keys); rules in the
+  comment above. cos_t/sin_t: RoPE tables of at least (top_k + local_blocks + 2) * S positions.
+  Returns [B, H, Q, D] (q's dtype)."""
+  B, H, Q, Dh = q_BxHxQxD.shape
+  S = block_size
+  M = lmk_BxHxMxD.shape[2]
+  blocks, dists, ok = landmark_select(q_BxHxQxD, c_Q, lmk_BxHxMxD, o_Q, block_size=S,
+                                      top_k=top_k, local_blocks=local_blocks,
+                                      scan_block=scan_block, cos_t=cos_t, sin_t=sin_t)
+  base = (jnp.arange(B, dtype=jnp.int32)[:, None] * H + jnp.arange(H, dtype=jnp.int32)) * M
+  flat = base[:, :, None, None] + jnp.clip(blocks, 0, M - 1)
+  kg = jnp.take(k_BxHxNxD.reshape(-1, S, Dh), flat, axis=0, mode="clip")  # [B,H,Q,K,S,Dh]
+  vg = jnp.take(v_BxHxNxD.reshape(-1, S, Dh), flat, axis=0, mode="clip")
+  return landmark_grouped_attend(q_BxHxQxD, o_Q, kg, vg, dists, ok, cos_t=cos_t, sin_t=sin_t)
