@@ -15,8 +15,9 @@ Cache variables (collection "cache", zero-initialised, M blocks of capacity):
                            [2, D] (k, v) per position; the step writes its window rows there and
                            gathers the S rows of each query's own + selected blocks (one ordered
                            callback per head and query block). Bit-identical to "device".
-M = ceil(capacity_tokens / L) + ceil(A / L) + 1, rounded up to the scan block (`scan_block_size`
-of M and `spec.mem_block`); an engine grows the cache by zero-padding the block axis (axis 2).
+M = ceil(capacity_tokens / L) + ceil(A / L) + 1 (room for every write of a call whose stream
+holds <= capacity_tokens), rounded up to min(spec.mem_block, M's next power of two), the scan
+block; an engine grows the cache by zero-padding the block axis (axis 2).
 The math (retrieval, grouped softmax, bounded RoPE phases): `gca_jax.ops.landmark`.
 """
 

@@ -1,8 +1,11 @@
-"""Landmark Attention (SPEC §6; Mohtashami & Jaggi, arXiv 2305.16300): training-time grouped softmax.
+"""Landmark Attention (SPEC §6; Mohtashami & Jaggi, arXiv 2305.16300): the training-time grouped
+softmax and the inference-time retrieval over a cache.
 
 Dense O(T^2) plain-jnp implementation with float32 softmax statistics, following the official code
 (`epfml/landmark-attention`, `landmark_grouped_softmax` and the mask construction in its LLaMA
-model). Top-k block retrieval at inference: `gca_jax.inference.baseline_stream` (LandmarkStream).
+model). Top-k block retrieval at inference over a cache of past keys: `landmark_cache_write`,
+`landmark_select`, `landmark_grouped_attend` below (the array math of the streaming mode; the
+cache variables and window layout live in `gca_jax.layers.landmark_cache`).
 
 Layout. The sequence (landmarks already inserted) is cut into blocks of `S = block_size` positions:
 position n belongs to block `b(n) = n // S`, and is the block's landmark iff `n % S == S - 1`
@@ -40,7 +43,8 @@ _NEG = -1e30
 
 
 def _masks(N: int, S: int):
-  """Boolean [N, N] masks (query, key): own-block keys, previous landmarks, previous regular keys."""
+  """Boolean [N, N] masks (query, key): own-block keys, previous landmarks, previous regular
+  keys."""
   n = np.arange(N)
   blk, is_lmk = n // S, (n % S) == S - 1
   qb, kb = blk[:, None], blk[None, :]
@@ -50,7 +54,8 @@ def _masks(N: int, S: int):
 
 
 def landmark_weights(q_BxTxHxD, k_BxTxHxD, block_size: int):
-  """The grouped-softmax weights w [B, H, T(query), T(key)] in float32 (formula: module docstring)."""
+  """The grouped-softmax weights w [B, H, T(query), T(key)] in float32 (formula: module
+  docstring)."""
   B, T, H, D = q_BxTxHxD.shape
   S = block_size
   if S < 2:
@@ -141,7 +146,8 @@ def landmark_attention_loop(q_BxTxHxD, k_BxTxHxD, v_BxTxHxD, block_size: int) ->
 #   * weights: the training form's grouped softmax restricted to the selection (own-block keys and
 #     the selected landmark keys share one softmax; a selected block's tokens get their softmax
 #     within the block's S-1 tokens times the landmark's probability);
-#   * RoPE: the m selected blocks sit, in their order, in the virtual block slots c-m..c-1; for the
+#   * RoPE: the m selected blocks sit, in their order, in the virtual block slots c-m..c-1 (the
+#     official code leaves a one-block gap before the most recent top-k blocks; we do not); for the
 #     top-k scores a landmark is at its true distance when its block is one of the
 #     Kt = top_k + local_blocks most recent, else at distance Kt+1 blocks. A query is rotated by
 #     o + dist*S, so no phase exceeds (Kt+2)*S positions (tables of that size, float64-built).
