@@ -127,13 +127,18 @@ def model_cache_bytes(model, batch: int, n_text: int, *, segment_len: int, memor
   if memory not in ("device", "host"):
     raise ValueError(f"memory={memory!r}: expected 'device' or 'host'")
   kw = spec_kwargs(spec_kw)
-  dev = _nbytes(cache_shapes(model, batch, segment_len,
-                             StreamSpec(max(n_text, segment_len), "device", **kw)))
   if memory == "device":
-    return {"device": dev, "host": 0}
-  on_dev = _nbytes(cache_shapes(model, batch, segment_len,
-                                StreamSpec(max(n_text, segment_len), "host", **kw)))
-  return {"device": on_dev, "host": max(0, dev - on_dev)}
+    return {"device": _nbytes(cache_shapes(model, batch, segment_len,
+                                           StreamSpec(max(n_text, segment_len), "device", **kw))),
+            "host": 0}
+  host_tree = cache_shapes(model, batch, segment_len,
+                           StreamSpec(max(n_text, segment_len), "host", **kw))
+  flat = lambda t: {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(t)}
+  dev_leaves, host_leaves = flat(cache_shapes(model, batch, segment_len,
+                                              StreamSpec(max(n_text, segment_len), "device",
+                                                         **kw))), flat(host_tree)
+  moved = [x for k, x in dev_leaves.items() if k not in host_leaves]
+  return {"device": _nbytes(host_tree), "host": _nbytes(moved)}
 
 
 def cache_bytes(config: DRTConfig, batch: int, n_text: int, *, segment_len: int,
