@@ -97,7 +97,8 @@ def test_capacity_growth_small_memory_blocks():
   before = TRACE_COUNTS["step"]
   inp, tgt = _pad_io(toks, 480)
   nll = [s.feed(inp[:, i * 40:(i + 1) * 40], tgt[:, i * 40:(i + 1) * 40]) for i in range(12)]
-  assert s.spec.capacity_tokens == 640 and TRACE_COUNTS["step"] - before == 5  # 40 .. 640
+  assert s.capacity_tokens == s.spec.capacity_tokens == 640
+  assert TRACE_COUNTS["step"] - before <= 5  # one per capacity whose cache shapes differ
   assert int(s.cache["memory"]["count"]) == 480 // 63 and int(s.cache["n_text"]) == 480
   assert s.cache["memory"]["lmk"].shape[1] > m0 and s.cache["memory"]["lmk"].shape[1] % 2 == 0
   np.testing.assert_allclose(np.asarray(jnp.concatenate(nll, 1))[:, :T_ODD - 1], ref,

@@ -32,9 +32,9 @@ def test_user_model_streams_equal_full_forward_and_generates():
   ref = -np.asarray(jnp.take_along_axis(logp, toks[:, 1:, None], -1)[..., 0])
   for seg in (1, 7, 40):
     before = TRACE_COUNTS["step"]
-    nll, lp = run_segments(Stream(model, params, 2, segment_len=seg, expected_tokens=40), toks,
-                           seg, positions=np.array([3, 39]))
-    assert TRACE_COUNTS["step"] - before == 1
+    s = Stream(model, params, 2, segment_len=seg, capacity_tokens=seg)  # grows: shapes do not
+    nll, lp = run_segments(s, toks, seg, positions=np.array([3, 39]))
+    assert TRACE_COUNTS["step"] - before == 1 and s.capacity_tokens >= 40
     np.testing.assert_allclose(np.asarray(nll), ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(lp, np.asarray(logp)[:, [3, 39]], rtol=1e-5, atol=1e-5)
   out = np.asarray(generate_with(model, params, toks[:, :20], 6, segment_len=8))

@@ -196,7 +196,8 @@ class Stream:
     self.memory = _resolve(model, batch, expected_tokens, self.segment_len, memory,
                            auto_fraction, self._kw)
     cap = capacity_tokens or expected_tokens or 64 * self.segment_len
-    self.spec = StreamSpec(max(int(cap), self.segment_len), self.memory, **self._kw)
+    self.capacity_tokens = max(int(cap), self.segment_len)
+    self.spec = StreamSpec(self.capacity_tokens, self.memory, **self._kw)
     self.params = flax.core.meta.unbox(params)
     cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                          cache_shapes(model, self.batch, self.segment_len, self.spec))
@@ -222,15 +223,21 @@ class Stream:
     return {"device": dev, "host": 0 if self.store is None else self.store.nbytes}
 
   def _ensure_capacity(self, P: int) -> None:
+    """Grows the cache (capacity doubled until it holds the stream after P more tokens). When the
+    cache shapes do not depend on the capacity (e.g. SWA only), the compiled step is kept."""
     need = self.n_text + P
-    if need <= self.spec.capacity_tokens:
+    if need <= self.capacity_tokens:
       return
-    cap = self.spec.capacity_tokens
+    cap = self.capacity_tokens
     while cap < need:
       cap *= 2
-    self.spec = StreamSpec(cap, self.memory, **self._kw)
-    self.cache = _grow(self.cache, cache_shapes(self.model, self.batch, self.segment_len,
-                                                self.spec))
+    self.capacity_tokens = cap
+    spec = StreamSpec(cap, self.memory, **self._kw)
+    shapes = cache_shapes(self.model, self.batch, self.segment_len, spec)
+    old = jax.tree.map(lambda x: (x.shape, x.dtype), self.cache)
+    if jax.tree.map(lambda x: (x.shape, x.dtype), shapes) != old:
+      self.spec = spec
+      self.cache = _grow(self.cache, shapes)
 
   def feed(self, tokens_BxP, targets_BxP=None, select=None):
     tokens = jnp.asarray(tokens_BxP, jnp.int32)
