@@ -40,7 +40,8 @@ def _check_memory(memory: str) -> None:
 def _check_segment(segment_len) -> int:
   if isinstance(segment_len, bool) or not isinstance(segment_len, (int, np.integer)) \
       or segment_len <= 0:
-    raise ValueError(f"segment_len={segment_len!r} must be a positive int (text tokens per segment)")
+    raise ValueError(f"segment_len={segment_len!r} must be a positive int "
+                     "(text tokens per segment)")
   return int(segment_len)
 
 

@@ -24,7 +24,8 @@ class SelfAttention(nn.Module):
   x [B,T,d] -> [B,T,d]. `mode`: "window" (causal, last `window` positions, impl switch),
   "causal" (full causal), "bidirectional" (no mask; used inside a chunk), "landmark" (Landmark
   Attention grouped softmax, `gca_jax.ops.landmark`; here `window` is the block size in positions,
-  text tokens + 1 landmark, and the input must already hold the landmarks; plain jnp, `impl` unused).
+  text tokens + 1 landmark, and the input must already hold the landmarks; plain jnp, `impl`
+  unused).
   `positions`: RoPE positions (length T); default 0..T-1.
 
   Streaming (`stream=StreamSpec`, apply with mutable=["cache"]): x holds the T rows of this call
@@ -82,8 +83,8 @@ class SelfAttention(nn.Module):
       o = swa_ops.chunk_attention(flat(q), flat(k), flat(v), impl=self.impl).reshape(q.shape)
     else:
       raise ValueError(f"SelfAttention: unknown mode {self.mode!r}")
-    o = nn.with_logical_constraint(o.reshape(*lead, T, hd),
-                                   ("batch",) + (None,) * (len(lead) - 1) + ("act_length", "act_heads"))
+    axes = ("batch",) + (None,) * (len(lead) - 1) + ("act_length", "act_heads")
+    o = nn.with_logical_constraint(o.reshape(*lead, T, hd), axes)
     return Dense(d, ("heads", "embed"), name="o_proj", **kw)(o)
 
   def _stream(self, q, k, v, spec: StreamSpec, segment: Segment | None):
