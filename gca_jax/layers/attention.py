@@ -157,8 +157,9 @@ class SelfAttention(nn.Module):
     return o.reshape(B, nb * bq, H, Dh)[:, :P]
 
   def _causal_cached(self, q, k, v, n_valid, spec: StreamSpec):
-    """Full causal attention of T new rows over every cached row. Keys are cached rotated by
-    their absolute position; phases by angle addition (`rope_at`), exact at any position."""
+    """Full causal attention of T new rows over every cached row (`_causal_blocked`). Keys are
+    cached rotated by their absolute position; phases by angle addition (`rope_at`), exact at
+    any position."""
     B, P, H, Dh = q.shape
     R = -(-max(spec.capacity_tokens, P) // 64) * 64
     kc = self.variable("cache", "k", jnp.zeros, (B, R, H, Dh), self.dtype)
@@ -171,16 +172,40 @@ class SelfAttention(nn.Module):
     qr, kr = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     k_all = jax.lax.dynamic_update_slice_in_dim(kc.value, kr.astype(kc.value.dtype), n, axis=1)
     v_all = jax.lax.dynamic_update_slice_in_dim(vc.value, v.astype(vc.value.dtype), n, axis=1)
-    s = jnp.einsum("bqhd,bkhd->bhqk", qr, k_all.astype(qr.dtype),
-                   preferred_element_type=jnp.float32)
-    mask = jnp.arange(R, dtype=jnp.int32)[None, :] <= pos[:, None]
-    s = jnp.where(mask[None, None], s / jnp.sqrt(jnp.float32(Dh)), _NEG)
-    pr = jax.nn.softmax(s, axis=-1)
-    o = jnp.einsum("bhqk,bkhd->bqhd", pr.astype(v.dtype), v_all.astype(v.dtype),
-                   preferred_element_type=jnp.float32).astype(q.dtype)
+    o = _causal_blocked(qr, k_all, v_all, pos, n + P)
     if not self.is_initializing():
       kc.value, vc.value, nc.value = k_all, v_all, n + n_valid
     return o
+
+
+def _causal_blocked(q_BxPxHxD, k_BxRxHxD, v_BxRxHxD, pos_P, n_keys, key_block: int = 1024):
+  """Causal attention of P queries at positions `pos_P` over cached keys [B, R, H, D] (rows
+  0..n_keys-1 filled): online softmax over key blocks, a while_loop visiting only the blocks
+  below n_keys (work O(P * n_keys), not O(P * R))."""
+  B, P, H, D = q_BxPxHxD.shape
+  R = k_BxRxHxD.shape[1]
+  kb = math.gcd(R, key_block)
+  scale = 1.0 / math.sqrt(D)
+  n_blocks = jnp.minimum((n_keys + kb - 1) // kb, R // kb)
+
+  def body(carry):
+    b, m, l, acc = carry
+    kblk = jax.lax.dynamic_slice_in_dim(k_BxRxHxD, b * kb, kb, axis=1).astype(q_BxPxHxD.dtype)
+    vblk = jax.lax.dynamic_slice_in_dim(v_BxRxHxD, b * kb, kb, axis=1).astype(q_BxPxHxD.dtype)
+    s = jnp.einsum("bqhd,bkhd->bhqk", q_BxPxHxD, kblk, preferred_element_type=jnp.float32)
+    j = b * kb + jnp.arange(kb, dtype=jnp.int32)
+    s = jnp.where((j[None, :] <= pos_P[:, None])[None, None], s * scale, _NEG)
+    m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+    p = jnp.exp(s - m_new[..., None])
+    corr = jnp.exp(m - m_new)
+    acc = acc * corr[..., None] + jnp.einsum("bhqk,bkhd->bhqd", p.astype(vblk.dtype), vblk,
+                                             preferred_element_type=jnp.float32)
+    return b + 1, m_new, l * corr + jnp.sum(p, axis=-1), acc
+
+  init = (jnp.zeros((), jnp.int32), jnp.full((B, H, P), _NEG, jnp.float32),
+          jnp.zeros((B, H, P), jnp.float32), jnp.zeros((B, H, P, D), jnp.float32))
+  _, _, l, acc = jax.lax.while_loop(lambda c: c[0] < n_blocks, body, init)
+  return (acc / l[..., None]).transpose(0, 2, 1, 3).astype(q_BxPxHxD.dtype)
 
 
 def rope_at(pos_T, head_dim: int, theta: float, max_pos: int):
