@@ -15,9 +15,9 @@ from _stream_helpers import full_forward_setup
 
 
 def small_cfg(kind, **kw):
-  base = dict(vocab_size=97, d_model=32, num_heads=4, mlp_dim=64, lower_layers=1,
+  base = dict(vocab_size=97, d_model=32, num_heads=4, mlp_dim=48, lower_layers=1,
               upper_groups=(1,), encoder_layers=1, window=8, chunk_size=8, top_k=2,
-              model_kind=kind, dtype="float32")
+              model_kind=kind, dtype="float32")  # mlp_dim unlike test_landmark_stream's model
   base.update(kw)
   return DRTConfig(**base)
 
