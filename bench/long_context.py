@@ -37,7 +37,7 @@ def worker(length: int, memory: str, segment_len: int, mem_block: int, config: s
   import jax.numpy as jnp
   import numpy as np
 
-  from gca_jax.inference.stream import DRTStream, _check_segment, device_free_bytes
+  from gca_jax.inference import Stream, device_free_bytes
   from gca_jax.models.drt import DRT
   from gca_jax.train import run_config as rc
 
@@ -53,10 +53,8 @@ def worker(length: int, memory: str, segment_len: int, mem_block: int, config: s
   data = rng.integers(0, cfg.vocab_size, (1, nseg * segment_len + 1), dtype=np.int32)
   free0 = device_free_bytes()
   t_start = time.perf_counter()
-  s = DRTStream(params, cfg, 1, segment_len=segment_len,
-                capacity=(nseg * segment_len) // cfg.text_per_chunk
-                + _check_segment(cfg, segment_len),
-                mem_block=mem_block, memory=memory)
+  s = Stream(DRT(cfg), params, 1, segment_len=segment_len, capacity_tokens=nseg * segment_len,
+             mem_block=mem_block, memory=memory)
   sums = []
 
   def feed(i):
@@ -78,9 +76,9 @@ def worker(length: int, memory: str, segment_len: int, mem_block: int, config: s
   stats = dev.memory_stats() or {}
   mb = s.memory_bytes()
   host = {}
-  if s.host is not None:
-    st = s.host.stats
-    host = dict(host_threads=s.host.threads, host_pinned_buffers=st.get("pinned_buffers", 0),
+  if s.store is not None:
+    st = s.store.stats
+    host = dict(host_threads=s.store.threads, host_pinned_buffers=st.get("pinned_buffers", 0),
                 host_gather_s=round(st["gather_s"], 2),
                 host_gather_GBps=round(st["gather_bytes"] / max(st["gather_s"], 1e-9) / 1e9, 2),
                 host_write_s=round(st["write_s"], 2),

@@ -1,11 +1,12 @@
-"""Streaming long-context inference (`gca_jax.inference.stream`: DRT) and the long-context
-evaluation tasks built on it (`gca_jax.inference.tasks`)."""
+"""Streaming inference (§6 streaming): a model-agnostic engine over the layers' streaming mode
+(`Stream`, `stream_nll`, `stream_logprobs_at`), memory planning and text generation."""
 
-from gca_jax.inference.stream import (TRACE_COUNTS, DRTStream, HostMemory, blocked_topk_retrieval,
-                                      grow_state, init_state, memory_bytes, resolve_memory,
-                                      segment_step, stream_logits_at, stream_logprobs_at,
-                                      stream_nll)
+from gca_jax.inference.engine import (TRACE_COUNTS, Stream, cache_bytes, cache_shapes,
+                                      device_free_bytes, model_cache_bytes, resolve_memory)
+from gca_jax.inference.generate import generate
+from gca_jax.inference.host import HostStore
+from gca_jax.inference.runner import run_segments, stream_logprobs_at, stream_nll
 
-__all__ = ["TRACE_COUNTS", "DRTStream", "HostMemory", "blocked_topk_retrieval",
-           "grow_state", "init_state", "memory_bytes", "resolve_memory",
-           "segment_step", "stream_logits_at", "stream_logprobs_at", "stream_nll"]
+__all__ = ["TRACE_COUNTS", "HostStore", "Stream", "cache_bytes", "cache_shapes",
+           "device_free_bytes", "generate", "model_cache_bytes", "resolve_memory",
+           "run_segments", "stream_logprobs_at", "stream_nll"]

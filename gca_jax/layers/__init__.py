@@ -1,13 +1,17 @@
-"""Flax Linen layers usable in other models (SPEC §2)."""
+"""Flax Linen layers usable in other models (SPEC §2); each streams with `stream=StreamSpec`."""
 
 from gca_jax.layers.attention import SelfAttention, SlidingWindowAttention
 from gca_jax.layers.blocks import ChunkEncoder, DecoderBlock, UpperBlock
 from gca_jax.layers.common import MLP, Dense, RMSNorm, apply_rope, rope_tables
 from gca_jax.layers.gca import GroupedCrossAttention
-from gca_jax.layers.retrieval import ChunkRetriever, masked_topk_weights, shift_to_next_chunk
+from gca_jax.layers.memory import ChunkMemory
+from gca_jax.layers.retrieval import (ChunkRetriever, blocked_topk_retrieval, masked_topk_weights,
+                                      shift_to_next_chunk)
+from gca_jax.layers.stream import Segment, StreamSpec
 
 __all__ = [
-    "ChunkEncoder", "ChunkRetriever", "Dense", "DecoderBlock", "GroupedCrossAttention", "MLP",
-    "RMSNorm", "SelfAttention", "SlidingWindowAttention", "UpperBlock", "apply_rope",
-    "masked_topk_weights", "rope_tables", "shift_to_next_chunk",
+    "ChunkEncoder", "ChunkMemory", "ChunkRetriever", "Dense", "DecoderBlock",
+    "GroupedCrossAttention", "MLP", "RMSNorm", "Segment", "SelfAttention", "SlidingWindowAttention",
+    "StreamSpec", "UpperBlock", "apply_rope", "blocked_topk_retrieval", "masked_topk_weights",
+    "rope_tables", "shift_to_next_chunk",
 ]

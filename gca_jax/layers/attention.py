@@ -1,15 +1,21 @@
 """Self-attention layers: sliding-window (SPEC §2.1), full causal, in-chunk bidirectional, and
-Landmark Attention's grouped softmax (SPEC §6)."""
+Landmark Attention's grouped softmax (SPEC §6), each with a streaming mode (`stream=`)."""
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gca_jax.layers.common import Dense, Dtype, apply_rope, rope_tables
+from gca_jax.layers.stream import Segment, StreamSpec
 from gca_jax.ops import landmark as landmark_ops
 from gca_jax.ops import swa as swa_ops
+
+_NEG = -1e30
 
 
 class SelfAttention(nn.Module):
@@ -18,8 +24,18 @@ class SelfAttention(nn.Module):
   x [B,T,d] -> [B,T,d]. `mode`: "window" (causal, last `window` positions, impl switch),
   "causal" (full causal), "bidirectional" (no mask; used inside a chunk), "landmark" (Landmark
   Attention grouped softmax, `gca_jax.ops.landmark`; here `window` is the block size in positions,
-  text tokens + 1 landmark, and the input must already hold the landmarks; plain jnp, `impl` unused).
+  text tokens + 1 landmark, and the input must already hold the landmarks; plain jnp, `impl`
+  unused).
   `positions`: RoPE positions (length T); default 0..T-1.
+
+  Streaming (`stream=StreamSpec`, apply with mutable=["cache"]): x holds the T rows of this call
+  that follow the rows of earlier calls; the first `segment.n_valid` are real (default: all).
+    window:   cache "k"/"v" [B, W-1, H, Dh] PRE-RoPE rows of the last W-1 positions, "n" their
+              valid count; RoPE with positions relative to the cache start (float64 tables).
+    causal:   cache "k" (rotated by absolute position) / "v" [B, R, H, Dh] of every position,
+              R >= spec.capacity_tokens, "n" the count; exact phases by angle addition of two
+              static float64 tables.
+    landmark: `gca_jax.layers.landmark_cache.landmark_cached_attention` (its own cache).
   """
   num_heads: int
   head_dim: int
@@ -30,9 +46,11 @@ class SelfAttention(nn.Module):
   std: float = 0.02
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  landmark_top_k: int | None = None
 
   @nn.compact
-  def __call__(self, x_BxTxd, positions=None):
+  def __call__(self, x_BxTxd, positions=None, *, stream: StreamSpec | None = None,
+               segment: Segment | None = None):
     *lead, T, d = x_BxTxd.shape
     hd = self.num_heads * self.head_dim
     kw = dict(std=self.std, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -40,6 +58,12 @@ class SelfAttention(nn.Module):
     q = split(Dense(hd, ("embed", "heads"), name="q_proj", **kw)(x_BxTxd))
     k = split(Dense(hd, ("embed", "heads"), name="k_proj", **kw)(x_BxTxd))
     v = split(Dense(hd, ("embed", "heads"), name="v_proj", **kw)(x_BxTxd))
+    if stream is not None:
+      if positions is not None:
+        raise ValueError("SelfAttention(stream=...): `positions` must be None (the cache keeps "
+                         "the positions)")
+      o = self._stream(q, k, v, stream, segment)
+      return Dense(d, ("heads", "embed"), name="o_proj", **kw)(o.reshape(*lead, T, hd))
     cos, sin = rope_tables(np.arange(T) if positions is None else positions, self.head_dim,
                            self.rope_theta)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -59,9 +83,143 @@ class SelfAttention(nn.Module):
       o = swa_ops.chunk_attention(flat(q), flat(k), flat(v), impl=self.impl).reshape(q.shape)
     else:
       raise ValueError(f"SelfAttention: unknown mode {self.mode!r}")
-    o = nn.with_logical_constraint(o.reshape(*lead, T, hd),
-                                   ("batch",) + (None,) * (len(lead) - 1) + ("act_length", "act_heads"))
+    axes = ("batch",) + (None,) * (len(lead) - 1) + ("act_length", "act_heads")
+    o = nn.with_logical_constraint(o.reshape(*lead, T, hd), axes)
     return Dense(d, ("heads", "embed"), name="o_proj", **kw)(o)
+
+  def _stream(self, q, k, v, spec: StreamSpec, segment: Segment | None):
+    if q.ndim != 4:
+      raise ValueError(f"SelfAttention(stream=...): x must be [B, T, d], got q{q.shape}")
+    T = q.shape[1]
+    n_valid = jnp.asarray(T, jnp.int32) if segment is None else segment.n_valid
+    if self.mode == "window":
+      if self.window is None:
+        raise ValueError("SelfAttention(mode='window') needs a window size")
+      return self._window_cached(q, k, v, n_valid, spec.swa_block)
+    if self.mode == "causal":
+      return self._causal_cached(q, k, v, n_valid, spec)
+    if self.mode == "landmark":
+      if segment is None or self.window is None:
+        raise ValueError("SelfAttention(mode='landmark', stream=...) needs `segment` and the "
+                         "block size in `window`")
+      from gca_jax.layers.landmark_cache import landmark_cached_attention  # noqa: PLC0415
+      top_k = spec.landmark_top_k if spec.landmark_top_k is not None else self.landmark_top_k
+      if top_k is None:
+        raise ValueError("SelfAttention(mode='landmark', stream=...): no top_k (set "
+                         "`landmark_top_k` on the layer or StreamSpec.landmark_top_k)")
+      return landmark_cached_attention(self, q, k, v, segment=segment, block_size=self.window,
+                                       spec=spec, top_k=top_k)
+    raise ValueError(f"SelfAttention: mode {self.mode!r} has no streaming form")
+
+  def _window_cached(self, q, k, v, n_valid, qblock: int):
+    """Sliding-window attention of T new rows over [cache (W-1 rows, "n" valid), new rows].
+
+    Rows past `n_valid` are right padding: never a key of a real query (causality), not cached.
+    Queries/keys rotate with positions relative to the cache start (static float64 tables);
+    queries run in blocks of max(qblock, W) rows against their own key window."""
+    B, P, H, Dh = q.shape
+    W = self.window
+    Wc = W - 1
+    kc = self.variable("cache", "k", jnp.zeros, (B, Wc, H, Dh), self.dtype)
+    vc = self.variable("cache", "v", jnp.zeros, (B, Wc, H, Dh), self.dtype)
+    nc = self.variable("cache", "n", jnp.zeros, (), jnp.int32)
+    cache_n = nc.value
+    k_all = jnp.concatenate([kc.value.astype(k.dtype), k], axis=1)
+    v_all = jnp.concatenate([vc.value.astype(v.dtype), v], axis=1)
+    N = Wc + P
+    cos, sin = rope_tables(np.arange(N), Dh, self.rope_theta)  # static -> float64 host tables
+    qr = apply_rope(q, cos[Wc:], sin[Wc:])
+    kr = apply_rope(k_all, cos, sin)
+    # block i of bq queries sees keys [i*bq, i*bq + bq + Wc) (its window): scores [P, bq + Wc]
+    bq = min(P, max(qblock, Wc + 1))
+    nb = -(-P // bq)
+    padq = nb * bq - P
+    pad = lambda x: jnp.pad(x, ((0, 0), (0, padq), (0, 0), (0, 0))) if padq else x
+    qr, kr, v_p = pad(qr), pad(kr), pad(v_all)
+    kidx = np.arange(nb)[:, None] * bq + np.arange(bq + Wc)[None, :]  # [nb, bq+Wc] key rows
+    qpos = Wc + np.arange(nb)[:, None] * bq + np.arange(bq)[None, :]  # [nb, bq] query rows
+    rel = qpos[:, :, None] - kidx[:, None, :]
+    band = jnp.asarray((rel >= 0) & (rel < W) & (qpos[:, :, None] < N))
+    valid = jnp.asarray(kidx) >= (Wc - cache_n)  # cache rows before the stream start are empty
+    mask = band & valid[:, None, :]  # [nb, bq, bq+Wc]
+    qb = qr.reshape(B, nb, bq, H, Dh)
+    kb = jnp.take(kr, jnp.asarray(kidx), axis=1)  # [B, nb, bq+Wc, H, Dh]
+    vb = jnp.take(v_p, jnp.asarray(kidx), axis=1)
+    s = jnp.einsum("bnqhd,bnkhd->bnhqk", qb, kb, preferred_element_type=jnp.float32)
+    s = jnp.where(mask[None, :, None], s / jnp.sqrt(jnp.float32(Dh)), _NEG)
+    pr = jax.nn.softmax(s, axis=-1)
+    o = jnp.einsum("bnhqk,bnkhd->bnqhd", pr.astype(vb.dtype), vb,
+                   preferred_element_type=jnp.float32).astype(qr.dtype)
+    if not self.is_initializing():
+      kc.value = jax.lax.dynamic_slice_in_dim(k_all, n_valid, Wc, axis=1).astype(kc.value.dtype)
+      vc.value = jax.lax.dynamic_slice_in_dim(v_all, n_valid, Wc, axis=1).astype(vc.value.dtype)
+      nc.value = jnp.minimum(cache_n + n_valid, Wc)
+    return o.reshape(B, nb * bq, H, Dh)[:, :P]
+
+  def _causal_cached(self, q, k, v, n_valid, spec: StreamSpec):
+    """Full causal attention of T new rows over every cached row (`_causal_blocked`). Keys are
+    cached rotated by their absolute position; phases by angle addition (`rope_at`), exact at
+    any position."""
+    B, P, H, Dh = q.shape
+    R = -(-max(spec.capacity_tokens, P) // 64) * 64
+    kc = self.variable("cache", "k", jnp.zeros, (B, R, H, Dh), self.dtype)
+    vc = self.variable("cache", "v", jnp.zeros, (B, R, H, Dh), self.dtype)
+    nc = self.variable("cache", "n", jnp.zeros, (), jnp.int32)
+    n = nc.value
+    R = kc.value.shape[1]
+    pos = n + jnp.arange(P, dtype=jnp.int32)
+    cos, sin = rope_at(pos, Dh, self.rope_theta, R)
+    qr, kr = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    k_all = jax.lax.dynamic_update_slice_in_dim(kc.value, kr.astype(kc.value.dtype), n, axis=1)
+    v_all = jax.lax.dynamic_update_slice_in_dim(vc.value, v.astype(vc.value.dtype), n, axis=1)
+    o = _causal_blocked(qr, k_all, v_all, pos, n + P)
+    if not self.is_initializing():
+      kc.value, vc.value, nc.value = k_all, v_all, n + n_valid
+    return o
+
+
+def _causal_blocked(q_BxPxHxD, k_BxRxHxD, v_BxRxHxD, pos_P, n_keys, key_block: int = 1024):
+  """Causal attention of P queries at positions `pos_P` over cached keys [B, R, H, D] (rows
+  0..n_keys-1 filled): online softmax over key blocks, a while_loop visiting only the blocks
+  below n_keys (work O(P * n_keys), not O(P * R))."""
+  B, P, H, D = q_BxPxHxD.shape
+  R = k_BxRxHxD.shape[1]
+  kb = math.gcd(R, key_block)
+  scale = 1.0 / math.sqrt(D)
+  n_blocks = jnp.minimum((n_keys + kb - 1) // kb, R // kb)
+
+  def body(carry):
+    b, m, l, acc = carry
+    kblk = jax.lax.dynamic_slice_in_dim(k_BxRxHxD, b * kb, kb, axis=1).astype(q_BxPxHxD.dtype)
+    vblk = jax.lax.dynamic_slice_in_dim(v_BxRxHxD, b * kb, kb, axis=1).astype(q_BxPxHxD.dtype)
+    s = jnp.einsum("bqhd,bkhd->bhqk", q_BxPxHxD, kblk, preferred_element_type=jnp.float32)
+    j = b * kb + jnp.arange(kb, dtype=jnp.int32)
+    s = jnp.where((j[None, :] <= pos_P[:, None])[None, None], s * scale, _NEG)
+    m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+    p = jnp.exp(s - m_new[..., None])
+    corr = jnp.exp(m - m_new)
+    acc = acc * corr[..., None] + jnp.einsum("bhqk,bkhd->bhqd", p.astype(vblk.dtype), vblk,
+                                             preferred_element_type=jnp.float32)
+    return b + 1, m_new, l * corr + jnp.sum(p, axis=-1), acc
+
+  init = (jnp.zeros((), jnp.int32), jnp.full((B, H, P), _NEG, jnp.float32),
+          jnp.zeros((B, H, P), jnp.float32), jnp.zeros((B, H, P, D), jnp.float32))
+  _, _, l, acc = jax.lax.while_loop(lambda c: c[0] < n_blocks, body, init)
+  return (acc / l[..., None]).transpose(0, 2, 1, 3).astype(q_BxPxHxD.dtype)
+
+
+def rope_at(pos_T, head_dim: int, theta: float, max_pos: int):
+  """cos, sin [T, head_dim/2] f32 of traced integer positions `pos_T` in [0, max_pos), exact to
+  float32 rounding at any position: angle addition pos = hi*b + lo of two static float64 tables
+  (hi, lo), never float32 trig of a large angle (SPEC §7)."""
+  b = 1 << max(0, math.ceil(math.log2(max(1.0, math.sqrt(max_pos)))))
+  n_hi = -(-max_pos // b) + 1
+  ch, sh = rope_tables(np.arange(n_hi) * b, head_dim, theta)
+  cl, sl = rope_tables(np.arange(b), head_dim, theta)
+  hi, lo = pos_T // b, pos_T % b
+  c1, s1 = jnp.take(ch, hi, axis=0), jnp.take(sh, hi, axis=0)
+  c2, s2 = jnp.take(cl, lo, axis=0), jnp.take(sl, lo, axis=0)
+  return c1 * c2 - s1 * s2, s1 * c2 + c1 * s2
 
 
 class SlidingWindowAttention(SelfAttention):

@@ -10,6 +10,8 @@ from gca_jax.config import DRTConfig
 from gca_jax.layers.blocks import ChunkEncoder, DecoderBlock, UpperBlock
 from gca_jax.layers.common import Dense, RMSNorm, dtype_of, normal_init
 from gca_jax.layers.retrieval import ChunkRetriever, shift_to_next_chunk
+from gca_jax.layers.stream import StreamSpec
+from gca_jax.models import drt_stream
 
 _ACT = ("batch", "act_length", "act_embed")
 
@@ -75,6 +77,12 @@ class DRT(nn.Module):
   removed inside. `train=True` draws Gumbel noise for retrieval from the "gumbel" rng stream.
   Sown intermediates (mutable "intermediates"): per group `retrieval_g{g}` = (indices, weights)
   after the c -> c+1 shift, and each upper block's `gca_out`.
+
+  Streaming (`stream=StreamSpec(...)`, every model_kind): `apply({"params": p, "cache": c},
+  tokens [B, P], stream=spec, mutable=["cache"])` -> (logits f32 [B, P, V], {"cache": c2}) for
+  the next P text tokens of the stream held in `c` (any P >= 1; an empty cache from
+  `init(..., stream=spec)`, zeros). Same parameters as the full forward; see
+  `gca_jax.models.drt_stream` and `gca_jax.inference`.
   """
   config: DRTConfig
 
@@ -90,7 +98,8 @@ class DRT(nn.Module):
     return nn.remat(cls, policy=jax.checkpoint_policies.save_only_these_names(*GCA_SAVED))
 
   @nn.compact
-  def __call__(self, tokens_BxT, *, train: bool = False, embeddings_BxTxd=None):
+  def __call__(self, tokens_BxT, *, train: bool = False, embeddings_BxTxd=None,
+               stream: StreamSpec | None = None):
     cfg = self.config
     dt, pdt = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
     if tokens_BxT.ndim != 2:
@@ -111,6 +120,10 @@ class DRT(nn.Module):
       x = embeddings_BxTxd.astype(dt)
     block = self._block_cls(DecoderBlock)
     block_kw = dict(rope_theta=cfg.rope_theta, eps=cfg.norm_eps, std=cfg.init_std, **kw)
+    if stream is not None:
+      if train:
+        raise ValueError("DRT(stream=...) is inference only; train must be False")
+      return self._stream(x, emb, block_kw, stream)
 
     if cfg.model_kind == "landmark":
       S, L = cfg.chunk_size, cfg.text_per_chunk
@@ -163,6 +176,18 @@ class DRT(nn.Module):
         layer += 1
     h = RMSNorm(cfg.norm_eps, name="final_norm", **kw)(h)
     return self._head(remove_landmarks(h, L, T), emb)
+
+  def _stream(self, x_BxPxd, emb, block_kw, spec: StreamSpec):
+    cfg = self.config
+    pdt = block_kw["param_dtype"]
+    if cfg.model_kind in ("swa", "full"):
+      mode, window = ("window", cfg.window) if cfg.model_kind == "swa" else ("causal", None)
+      h = drt_stream.plain_stream(self, x_BxPxd, block_kw, mode, window, spec)
+      h = RMSNorm(cfg.norm_eps, name="final_norm", dtype=block_kw["dtype"], param_dtype=pdt)(h)
+      return self._head(h, emb)
+    landmark = self.param("landmark", normal_init(cfg.init_std, ("embed",)), (cfg.d_model,), pdt)
+    fwd = drt_stream.landmark_stream if cfg.model_kind == "landmark" else drt_stream.drt_stream
+    return self._head(fwd(self, x_BxPxd, landmark, block_kw, spec), emb)
 
   def _head(self, h_BxTxd, emb_Vxd):
     """Tied LM head, float32 logits (`tied_head`)."""
