@@ -1,6 +1,6 @@
 """Host <-> device transfer paths for the streaming engine's host chunk memory (issue 4).
 
-The host path of the streaming engine (`gca_jax.inference.host`) moves, per 8064-token segment
+The host path of the streaming engine (`gca_jax.ops.host_store`) moves, per 8064-token segment
 of `drt_128m`, the 1032 selected chunks (101 MB of bf16 encoder outputs) host -> device through
 an `io_callback` result and the 128 new chunks (12.6 MB) device -> host through an `io_callback`
 argument.
@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from jax.experimental import io_callback  # noqa: E402
 
 from _timing import timeit  # noqa: E402
-from gca_jax.inference.host import cuda_host_register  # noqa: E402
+from gca_jax.ops.host_store import cuda_host_register  # noqa: E402
 
 
 def timed(f, iters):

@@ -32,10 +32,6 @@ KERNEL_ALLOWED = ("gca_jax.kernels", "gca_jax.ops.gca", "gca_jax.ops.errors")
 # rule stands; each such import is left out of the graph and reported as a warning, not a
 # failure, until the change that removes it. Drop the entry then. (importer, imported): why.
 KNOWN_VIOLATIONS = {
-    # the host chunk store (stream memory="host") is reached from the layers; it belongs below
-    # them (e.g. gca_jax/layers/host_store.py), the engine importing it from there
-    ("gca_jax.layers.memory", "gca_jax.inference.host"): "layers -> inference",
-    ("gca_jax.layers.landmark_cache", "gca_jax.inference.host"): "layers -> inference",
 }
 
 

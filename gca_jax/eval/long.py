@@ -85,39 +85,36 @@ def available_memory() -> dict:
   return {"device": free, "host": _meminfo_available(), "device_name": f"{dev.platform}:{dev.id}"}
 
 
+_EXACT_TOKENS = 1 << 26  # cache shapes are derived exactly up to this many text tokens
+
+
 def _cache_bytes(config: DRTConfig, batch: int, length: int, segment_len: int,
                  memory: str) -> dict:
   """{"device": bytes, "host": bytes} of the stream caches for `batch` streams of `length` text
-  tokens (`memory` auto|device|host places the growable chunk memory).
-
-  Chunks = ceil(T/tpc) + ceil(P/tpc) (the last segment's scratch rows). DRT: encoder outputs
-  (chunks x chunk_size x d_model) + landmark keys (chunks x d_model); Landmark: K/V of every
-  position of every layer + the landmark keys; full attention: K/V of every position of every
-  layer; every layer's sliding-window K/V cache (W-1 rows). "auto" puts the chunk memory on the
-  host when it exceeds half the free device memory.
+  tokens (`memory` auto|device|host places the host-placeable buffers), from the engine's own
+  cache shapes (`gca_jax.inference.cache_bytes`). Beyond `_EXACT_TOKENS` (int32 shapes) the
+  bytes are extrapolated linearly from two exact sizes (the caches grow linearly in length).
+  "auto" puts the growable buffers on the host when the device part exceeds half the free
+  device memory (`resolve_memory`'s rule).
   """
-  cfg = config
-  B, T, P = int(batch), int(length), int(segment_len)
-  tpc, S, d, H, Dh = cfg.text_per_chunk, cfg.chunk_size, cfg.d_model, cfg.num_heads, cfg.head_dim
-  b = jnp.dtype(cfg.dtype).itemsize
-  L = cfg.num_layers
-  chunks = -(-T // tpc) + -(-P // tpc)
-  grow, fixed = 0, L * B * max(cfg.window - 1, 0) * 2 * H * Dh * b
-  if cfg.model_kind == "drt":
-    grow = B * chunks * S * d * b
-    fixed += B * chunks * d * b
-  elif cfg.model_kind == "landmark":
-    grow = B * chunks * S * 2 * H * Dh * b * L
-    fixed += B * chunks * H * Dh * b * L
-  elif cfg.model_kind == "full":
-    grow = B * (T + P) * 2 * H * Dh * b * L
+  from gca_jax.inference import cache_bytes  # noqa: PLC0415
+
+  def at(mem: str) -> dict:
+    n = int(length) + int(segment_len)
+    kw = dict(segment_len=int(segment_len), memory=mem)
+    if n <= _EXACT_TOKENS:
+      return cache_bytes(config, int(batch), n, **kw)
+    lo, hi = _EXACT_TOKENS // 2, _EXACT_TOKENS
+    a, b = cache_bytes(config, int(batch), lo, **kw), cache_bytes(config, int(batch), hi, **kw)
+    return {k: int(a[k] + (b[k] - a[k]) * (n - lo) // (hi - lo)) for k in a}
+
   if memory == "auto":
+    dev = at("device")
     free = available_memory()["device"]
-    memory = "host" if (cfg.model_kind == "drt" and free is not None
-                        and grow > _AUTO_FRACTION * free) else "device"
-  if memory == "host":
-    return {"device": int(fixed), "host": int(grow)}
-  return {"device": int(fixed + grow), "host": 0}
+    if free is None or dev["device"] <= _AUTO_FRACTION * free:
+      return dev
+    return at("host")
+  return at(memory)
 
 
 def estimate_memory(config: DRTConfig, batch: int, length: int, *, segment_len: int | None = None,

@@ -7,7 +7,7 @@ counts its traces) applies the model to a segment with the cache donated and com
 and the selected log-probs on device (never [T, V] on the host). When a segment would overflow
 `spec.capacity_tokens`, the cache grows: shapes re-derived at twice the capacity, every leaf
 zero-padded (one recompilation per doubling). memory="host": cache leaves named `host_key` get
-the id of a `HostStore` (`gca_jax.inference.host`) holding the layers' host buffers.
+the id of a `HostStore` (`gca_jax.ops.host_store`) holding the layers' host buffers.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gca_jax.config import DRTConfig
-from gca_jax.inference.host import HostStore
+from gca_jax.ops.host_store import HostStore
 from gca_jax.layers.stream import StreamSpec
 
 # Python side-effect counter: incremented each time the segment step is traced (tests use it).

@@ -10,7 +10,7 @@ Cache variables (collection "cache", zero-initialised, M blocks of capacity):
   "lmk"    [B, H, M, D]    each block's landmark key, scanned for the top-k (always on device);
   "k", "v" [B, H, M*S, D]  keys rotated by their in-block offset / values of every past position
                            (spec.memory == "device"), or
-  "host_key" int32 []      (spec.memory == "host") the id of a `gca_jax.inference.host.HostStore`
+  "host_key" int32 []      (spec.memory == "host") the id of a `gca_jax.ops.host_store.HostStore`
                            holding them: per head h a buffer "<module path>/kv_h<h>" of rows
                            [2, D] (k, v) per position; the step writes its window rows there and
                            gathers the S rows of each query's own + selected blocks (one ordered
@@ -103,7 +103,7 @@ def landmark_cached_attention(module, q_BxAxHxD, k_BxAxHxD, v_BxAxHxD, *, segmen
   sel_kw = dict(block_size=S, top_k=top_k, local_blocks=local, scan_block=block, cos_t=cos_t,
                 sin_t=sin_t)
   if host:
-    from gca_jax.inference import host as store  # noqa: PLC0415  (inference imports layers)
+    from gca_jax.ops import host_store as store  # noqa: PLC0415
     name = "/".join(str(p) for p in module.scope.path) or "landmark"
     names = [f"{name}/kv_h{h}" for h in range(H)]  # per head: rows = positions, [2, Dh] each
     kv = jnp.stack([k.astype(dt), v.astype(dt)], axis=3)  # [B, H, A, 2, Dh]

@@ -16,7 +16,7 @@ class ChunkMemory(nn.Module):
 
   Cache: "lmk" [B, M, d] landmark keys (encoder output row S-1), always on device; "enc"
   [B, M, S, d] the chunk-encoder outputs (spec.memory == "device"), or "host_key" int32 [] the id
-  of a `gca_jax.inference.host.HostStore` holding them (spec.memory == "host"); "count" int32 []
+  of a `gca_jax.ops.host_store.HostStore` holding them (spec.memory == "host"); "count" int32 []
   chunks written. M = `memory_rows(spec, text_per_chunk)`.
 
   `__call__(enc_BxNxSxd, n_complete, stream=spec)` writes the N encoded chunk slots at `count`
@@ -44,7 +44,7 @@ class ChunkMemory(nn.Module):
     lmk_buf = jax.lax.dynamic_update_slice_in_dim(lmk.value, enc_new[:, :, S - 1], c0, 1)
     name = "/".join(str(p) for p in self.scope.path) or "memory"
     if host:
-      from gca_jax.inference import host as store  # noqa: PLC0415
+      from gca_jax.ops import host_store as store  # noqa: PLC0415
       store.host_write(key.value, name, c0, enc_new, M)
 
       def fetch(idx_BxN):
