@@ -34,7 +34,7 @@ Tasks:
   passkey_grid.json and PNG plots (ppl_vs_length.png, passkey_<kind>_<format>.png,
   passkey_whole_<kind>_<format>.png) there. Other tasks print their JSON result on stdout.
 
-Passkey numbers (SPEC §4): first_token_accuracy = share of samples whose most likely next token
+Passkey numbers (docs/method.md §4): first_token_accuracy = share of samples whose most likely next token
 at the answer position is the key's first token (the official metric); whole_key_accuracy =
 every key token is the most likely one at its position (teacher-forced); key_nll = mean -log p
 of the key tokens; a random guess gets ~1/vocab_size first-token accuracy.

@@ -1,4 +1,4 @@
-"""DRT "ret x1", the paper's 128M model and training setup (SPEC §1, §4).
+"""DRT "ret x1", the paper's 128M model and training setup (docs/method.md §1, §4).
 
 d_model 768, 12 heads of 64, SwiGLU 2048, 6 lower SWA layers, one retrieval group of 6 upper
 layers, 2-layer chunk encoder, window 512, top-k 8; 16K-token samples (16128 = 256 chunks of 63

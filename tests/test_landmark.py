@@ -1,4 +1,4 @@
-"""Landmark Attention baseline (SPEC §6): grouped-softmax op vs a loop reference, model causality."""
+"""Landmark Attention baseline (docs/method.md §6): grouped-softmax op vs a loop reference, model causality."""
 
 import flax
 import jax

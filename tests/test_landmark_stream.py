@@ -1,4 +1,4 @@
-"""Landmark Attention streaming mode (SPEC §6): `landmark_cached_attention` segment by segment vs
+"""Landmark Attention streaming mode (docs/method.md §6): `landmark_cached_attention` segment by segment vs
 the training form (top_k >= blocks) and vs a float64 brute-force reference of the selection rule;
 a model_kind="landmark" DRT streamed by the engine vs its full forward."""
 

@@ -96,7 +96,7 @@ def test_gca_layer_zero_weights_give_zero_and_shapes():
 
 
 def test_rope_float64_tables_keep_phase_at_16m_positions():
-  """SPEC §7: SWA output at position 16M+ equals the same local text at position 0."""
+  """docs/method.md §7: SWA output at position 16M+ equals the same local text at position 0."""
   T, d = 48, 32
   x = jnp.asarray(np.random.default_rng(0).standard_normal((1, T, d)), jnp.float32)
   mod = layers.SlidingWindowAttention(num_heads=2, head_dim=16, window=16)

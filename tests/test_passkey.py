@@ -1,4 +1,4 @@
-"""Passkey samples: official and Landmark formats, chunk layout of the answer (SPEC §4, §7)."""
+"""Passkey samples: official and Landmark formats, chunk layout of the answer (docs/method.md §4, §7)."""
 
 import os
 

@@ -1,4 +1,4 @@
-"""Corpus reading, token stream + cache, Grain training pipeline, eval windows (SPEC §4)."""
+"""Corpus reading, token stream + cache, Grain training pipeline, eval windows (docs/method.md §4)."""
 
 import os
 

@@ -41,3 +41,16 @@ def test_readme_layer_example_runs():
   assert out.shape == x.shape
   np.testing.assert_array_equal(out[:, :2], np.asarray(x)[:, :2])  # chunks 0, 1 read nothing
   assert np.abs(out[:, 2:] - np.asarray(x)[:, 2:]).sum() > 0
+
+
+def test_readme_user_model_streams():
+  """The README's own-model example streams and equals its full forward pass."""
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 64, (1, 97)), jnp.int32)
+  ns = {"jax": jax, "tokens": tokens}
+  exec(compile(_blocks()[2], "README.md", "exec"), ns)
+  logits = ns["model"].apply({"params": ns["params"]}, tokens[:, :-1])
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+  ref = -np.take_along_axis(np.asarray(logp), np.asarray(tokens[:, 1:])[..., None], -1)[..., 0]
+  nll = np.asarray(ns["nll"])
+  assert nll.shape == ref.shape
+  assert np.linalg.norm(nll - ref) / np.linalg.norm(ref) <= 1e-5

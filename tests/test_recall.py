@@ -49,7 +49,7 @@ def test_official_layout(ids, filler, length):
     assert t.shape == (length + 1,) and s.weights.shape == (length,)
     key = s.keys[0]
     a = s.answer_targets[0, 0] + 1                     # window index of the first answer token
-    # SPEC §7: answer a few tokens into its chunk, in the last chunk where the key fits
+    # docs/method.md §7: answer a few tokens into its chunk, in the last chunk where the key fits
     assert a % 63 == 4
     assert (length + 1 - a - 5) < 63
     np.testing.assert_array_equal(t[a:a + 5], key)

@@ -1,4 +1,4 @@
-"""Tokenizer: exact round trip, special ids, long training lines, determinism (SPEC §4 data)."""
+"""Tokenizer: exact round trip, special ids, long training lines, determinism (docs/method.md §4 data)."""
 
 import os
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Data layer (SPEC §4): corpus reading, tokenizer, Grain pipelines, passkey and recall samples."""
+"""Data layer (docs/method.md §4): corpus reading, tokenizer, Grain pipelines, passkey and recall samples."""
 
 from gca_jax.data.corpus import CorpusError, CorpusStats, list_corpus_files, read_documents
 from gca_jax.data.passkey import (

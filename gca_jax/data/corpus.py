@@ -1,4 +1,4 @@
-"""Reading a text corpus into documents (SPEC §4: books, one document each).
+"""Reading a text corpus into documents (docs/method.md §4: books, one document each).
 
 A corpus path is a text file (one document), a JSONL file (one document per line, the text in
 field `text_field`), or a directory searched recursively for `*.txt`, `*.md` (one document per

@@ -1,12 +1,12 @@
 """Passkey samples: official DRT format (training, eval), its multi-key and 2-hop variants (eval),
-and the Landmark format (eval); SPEC §4, §7.
+and the Landmark format (eval); docs/method.md §4, §7.
 
 Coordinates. A sequence holds text positions 0..n-1; chunk c is positions
 [chunk_text*c, chunk_text*c + chunk_text) (the model appends each chunk's landmark itself,
-SPEC §1). In a training window of seq_len+1 tokens, inputs = window[:-1] and targets =
+docs/method.md §1). In a training window of seq_len+1 tokens, inputs = window[:-1] and targets =
 window[1:], so window index i is input position i and target index i-1.
 
-Layout rule (SPEC §7). Let k be the key length. The answer chunk c is the last chunk in which
+Layout rule (docs/method.md §7). Let k be the key length. The answer chunk c is the last chunk in which
 the whole answer fits after `answer_offset` positions: c = (n - answer_offset - k) // chunk_text
 with n = the sequence length (seq_len+1 for a training window, so the answer's last token may be
 the final target). The first answer token sits at position a = chunk_text*c + answer_offset and
@@ -46,7 +46,7 @@ LANDMARK_MAX_KEY = 50000
 
 @dataclasses.dataclass(frozen=True)
 class PasskeyConfig:
-  """Passkey mixing into LM training (SPEC §4): a `fraction` of windows become passkey samples.
+  """Passkey mixing into LM training (docs/method.md §4): a `fraction` of windows become passkey samples.
 
   key_len_train / key_len_eval: number of random token ids in the key P (10 / 5 officially).
   answer_offset: position of the first answer token inside its chunk (official: 4).
@@ -183,7 +183,7 @@ def _reach(before: int, question_start: int, needle_tokens: int, chunk_text: int
   Depth d puts a needle after round(d * reach) filler tokens, so depth 1 ends the needle(s) right
   where the question's chunk begins: the last place GCA retrieval can reach, since the answer
   chunk is served by the retrieval made at the question chunk's landmark, which sees only
-  earlier chunks (SPEC §2.3, §4: needles at least two chunks before the end). Where the length
+  earlier chunks (docs/method.md §2.3, §4: needles at least two chunks before the end). Where the length
   leaves no whole chunk before the question's, the needle may share that chunk (reach = before).
   """
   limit = (question_start // chunk_text) * chunk_text - needle_tokens
@@ -193,7 +193,7 @@ def _reach(before: int, question_start: int, needle_tokens: int, chunk_text: int
 def make_passkey_sample(filler_tokens: np.ndarray, length: int, depth: float, tokenizer: Tokenizer,
                         rng: np.random.Generator, key_len: int = 5, *, chunk_text: int,
                         answer_offset: int = 4) -> PasskeySample:
-  """An official-format eval sample of `length` tokens with real-text filler (SPEC §4).
+  """An official-format eval sample of `length` tokens with real-text filler (docs/method.md §4).
 
   Filler is a contiguous span of `filler_tokens` from a random start (wrapping around when the
   stream is shorter than needed). The needle is placed after a fraction `depth` of the filler
@@ -238,7 +238,7 @@ def _landmark_question_and_key(tokenizer: Tokenizer, n: int) -> tuple[np.ndarray
 def make_landmark_passkey_sample(length: int, depth: float, tokenizer: Tokenizer,
                                  rng: np.random.Generator, *, chunk_text: int,
                                  answer_offset: int = 4) -> PasskeySample:
-  """A Landmark-Attention-format eval sample of `length` tokens (SPEC §4, last bullet).
+  """A Landmark-Attention-format eval sample of `length` tokens (docs/method.md §4, last bullet).
 
   Task line, then the filler sentences repeated, with the line `The pass key is N. Remember it.
   N is the pass key.` (N uniform in 1..50000) inserted at a sentence-group boundary after a
@@ -271,7 +271,7 @@ def make_landmark_passkey_sample(length: int, depth: float, tokenizer: Tokenizer
 
 # ------------------------------------------------------------------- multi-key and 2-hop variants
 #
-# Both variants (SPEC §4, "Variants") are built from random-token keys, like the official passkey
+# Both variants (docs/method.md §4, "Variants") are built from random-token keys, like the official passkey
 # P, and follow the same layout rule (module docstring): the answer starts `answer_offset` tokens
 # into the answer chunk c, and the question ends right before it and starts in an earlier chunk.
 # The question repeats the name it asks about near its start, so that the whole name has been

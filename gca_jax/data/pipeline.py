@@ -1,4 +1,4 @@
-"""Token stream and Grain input pipelines for training and evaluation (SPEC §4).
+"""Token stream and Grain input pipelines for training and evaluation (docs/method.md §4).
 
 The corpus becomes one flat int32 stream: each document's ids followed by `eot_id`. Training
 samples are windows of seq_len+1 tokens starting at multiples of seq_len (window i covers
@@ -148,7 +148,7 @@ def make_train_dataset(tokens: np.ndarray, *, seq_len: int, global_batch_size: i
                        process_index: int = 0, process_count: int = 1,
                        passkey: PasskeyConfig | None = None, tokenizer: Tokenizer | None = None,
                        num_epochs: int | None = None) -> grain.IterDataset:
-  """Shuffled training batches for this process (SPEC §4).
+  """Shuffled training batches for this process (docs/method.md §4).
 
   Yields {"inputs": int32[b, seq_len], "targets": int32[b, seq_len],
   "loss_weights": float32[b, seq_len]} with b = global_batch_size // process_count; with

@@ -1,9 +1,9 @@
-"""Synthetic recall / passkey samples for learning GCA retrieval (issue 5, SPEC §4, §7).
+"""Synthetic recall / passkey samples for learning GCA retrieval (issue 5, docs/method.md §4, §7).
 
 One generator, `make_recall_sample`, covers the whole family that the recall training mix
 (`config.data.recall`, `gca_jax.data.pipeline.RecallIterator`) draws from:
 
-- **official passkey** (`named=False, n_queries=1, repeat=1`): the SPEC §4 format.  Needle
+- **official passkey** (`named=False, n_queries=1, repeat=1`): the docs/method.md §4 format.  Needle
   `|The passkey is:` P `|` somewhere in filler, question `|What is the passkey? The passkey is`
   and the answer P at the end.  This is also the evaluation format.
 - **named multi-query** (`named=True, n_queries=q`): q needles `|The passkey of` X_i ` is:` P_i
@@ -12,7 +12,7 @@ One generator, `make_recall_sample`, covers the whole family that the recall tra
   recall (MQAR-like), where each answer chunk must retrieve its own needle's chunk.
 - **needle density** (`repeat=r`): each needle line is written r times in a row.  With r large
   the needle fills most of a chunk, so even the uniform attention inside a retrieved chunk that
-  GCA starts with (SPEC §7) already carries the key tokens; a curriculum lowers r to 1.
+  GCA starts with (docs/method.md §7) already carries the key tokens; a curriculum lowers r to 1.
 - **filler**: real text (a contiguous span of a token stream, e.g. Moby Dick) or the Landmark
   Attention filler sentences repeated (`TextFiller` / `RepeatFiller`).
 
@@ -21,7 +21,7 @@ inputs = window[:-1], targets = window[1:]; window index i is input position i a
 i - 1.  Chunk c is text positions [C c, C c + C), C = `chunk_text` = the model's
 `DRTConfig.text_per_chunk` (63 for chunk_size 64); every function takes it as a keyword.
 
-Layout rule (SPEC §7).  The last answer sits in the last chunk in which it fits,
+Layout rule (docs/method.md §7).  The last answer sits in the last chunk in which it fits,
 c_q = (length + 1 - answer_offset - key_len) // C, its first token at a = C c_q + answer_offset,
 so it is predicted from position a - 1 inside chunk c_q.  Query i of q uses chunk
 c_i = c_q - (q - 1 - i).  Its question (m tokens) ends right before a_i and starts in chunk

@@ -1,4 +1,4 @@
-"""SentencePiece BPE tokenizer with byte fallback and an end-of-text piece (SPEC §4 data).
+"""SentencePiece BPE tokenizer with byte fallback and an end-of-text piece (docs/method.md §4 data).
 
 Trained with identity normalisation, no dummy prefix and no whitespace collapsing, so that
 `decode(encode(s)) == s` for any text without the meta symbol U+2581 ("▁", which sentencepiece

@@ -1,4 +1,4 @@
-"""Evaluation (SPEC §4): full-forward perplexity and passkey cross-check (`perplexity`), the
+"""Evaluation (docs/method.md §4): full-forward perplexity and passkey cross-check (`perplexity`), the
 passkey sample builder and scorer (`passkey`), long-context tasks on the streaming engine with
 their memory check (`long`), and plots (`plots`)."""
 

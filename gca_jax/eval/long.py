@@ -8,7 +8,7 @@ memory check run before either.
 
 Scoring goes only through `gca_jax.inference.stream_nll` / `stream_logprobs_at`, which stream
 every `config.model_kind` (drt, swa, full, landmark) through the model's own modules.
-Passkey samples and scoring (SPEC §4): `gca_jax.eval.passkey` (one builder, one scorer).
+Passkey samples and scoring (docs/method.md §4): `gca_jax.eval.passkey` (one builder, one scorer).
 
 Memory check (`check_fit`), run for every length BEFORE anything is scored: an estimate of what
 one call needs (`estimate_memory`: the stream caches, `_cache_bytes`, plus one segment's

@@ -4,7 +4,7 @@
     score_key(logprobs_KxV, key) -> KeyScore(first, whole, nll)
     run_grid(logprobs_at, tokenizer, filler_tokens, *, chunk_text, lengths, depths, trials, ...)
 
-Samples (SPEC §4; builders in `gca_jax.data.passkey`). Kinds: "single" (the official passkey, or
+Samples (docs/method.md §4; builders in `gca_jax.data.passkey`). Kinds: "single" (the official passkey, or
 the Landmark-format pass key N in format "landmark"), "multikey" (`num_keys` needles, the asked
 one at the cell's depth, the others at uniform random depths), "2hop" (`|DEF X->Y|` at the
 cell's depth, `|DEF Y->Z|` at a uniform random depth; the answer is `Y->Z`). Formats:
@@ -13,7 +13,7 @@ Attention's task line and repeated filler sentences. `chunk_text` is the model's
 `DRTConfig.text_per_chunk`. Each cell's samples come from `np.random.default_rng([seed, kind id,
 format id, length, round(depth * 1e6)])`, so a cell does not depend on which other cells run.
 
-Scoring (SPEC §4): a sample is scored teacher-forced in one pass, the answer being part of the
+Scoring (docs/method.md §4): a sample is scored teacher-forced in one pass, the answer being part of the
 input; key[j] is predicted at position answer_index + j. `score_key` takes the log-probs at those
 positions (from any source: the streaming engine, a full forward pass) and the key:
 first-token hit = argmax at answer_index equals key[0] (the official metric); whole-key hit =
@@ -104,7 +104,7 @@ class KeyScore:
 
 def score_key(logprobs_KxV, key: Sequence[int]) -> KeyScore:
   """Scores one sample from the log-probs [K, V] at its K = len(key) answer positions
-  (`answer_positions`), whatever computed them (SPEC §4)."""
+  (`answer_positions`), whatever computed them (docs/method.md §4)."""
   lp = np.asarray(logprobs_KxV, np.float32)
   key = np.asarray(key, np.int64)
   if lp.ndim != 2 or lp.shape[0] != key.size or key.size == 0:

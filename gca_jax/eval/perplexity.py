@@ -4,7 +4,7 @@ Every number here comes from one function, `score_fn(model, params, tokens_BxT) 
 a plain `model.apply(..., train=False)` over the whole sequence (any callable of that signature
 can replace it, `Evaluator(score=...)`).
 
-Perplexity (SPEC §4): the held-out stream is cut into non-overlapping windows of `seq_len + 1`
+Perplexity (docs/method.md §4): the held-out stream is cut into non-overlapping windows of `seq_len + 1`
 tokens (`gca_jax.data.make_eval_windows`); every target of every window is scored;
 loss = total NLL / total targets, ppl = exp(loss). Windows are independent (no carried context),
 so the first tokens of each window are scored with little context, as in the official eval.

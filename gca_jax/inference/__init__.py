@@ -1,4 +1,4 @@
-"""Streaming inference (§6 streaming): a model-agnostic engine over the layers' streaming mode
+"""Streaming inference (docs/method.md §8): a model-agnostic engine over the layers' streaming mode
 (`Stream`, `stream_nll`, `stream_logprobs_at`), memory planning and text generation."""
 
 from gca_jax.inference.engine import (TRACE_COUNTS, Stream, cache_bytes, cache_shapes,

@@ -1,4 +1,4 @@
-"""Model-agnostic streaming engine (§6 streaming): drives any Linen module whose layers stream
+"""Model-agnostic streaming engine (docs/method.md §8): drives any Linen module whose layers stream
 through the "cache" collection (`stream=StreamSpec`), segment by segment.
 
 The engine holds no model math. A stream's cache is `jax.eval_shape` of

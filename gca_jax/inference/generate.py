@@ -1,4 +1,4 @@
-"""Text generation on the stream state (§6 streaming): the prompt in segments, then one token a
+"""Text generation on the stream state (docs/method.md §8): the prompt in segments, then one token a
 step; greedy decoding equals the naive full-forward greedy loop."""
 
 from __future__ import annotations

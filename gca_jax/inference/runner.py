@@ -1,4 +1,4 @@
-"""Whole-sequence drivers over `Stream` (§6 streaming): NLL and log-probs at positions of a
+"""Whole-sequence drivers over `Stream` (docs/method.md §8): NLL and log-probs at positions of a
 token array, for every model_kind of `DRT`, without materialising [T, V]."""
 
 from __future__ import annotations

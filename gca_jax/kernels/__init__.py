@@ -1,4 +1,4 @@
-"""Fused Pallas kernels for the GCA operator (SPEC §3), registered with `gca_jax.ops.gca`.
+"""Fused Pallas kernels for the GCA operator (docs/method.md §3), registered with `gca_jax.ops.gca`.
 
 * "pallas_triton" (`gca_triton.gca_triton`, exported as `pallas_triton`): GPU, Pallas Triton
   backend — platforms ("gpu",).

@@ -1,6 +1,6 @@
 """Fused GCA kernels for TPU: Pallas Mosaic with scalar prefetch (forward, dQ/dw, dK/dV).
 
-Operator and backward: see SPEC §3 and `gca_triton` (same math, same residual: the per-slot
+Operator and backward: see docs/method.md §3 and `gca_triton` (same math, same residual: the per-slot
 log-sum-exp lse [B,C,K,H,S] f32; the per-row D_i = rowsum(dO ⊙ O_i) is recomputed as
 rowsum(P_i ⊙ dO Vᵀ)).
 

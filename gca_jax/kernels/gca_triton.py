@@ -1,6 +1,6 @@
 """Fused GCA kernels for GPU: Pallas on the Triton backend (forward, dQ/dw, dK/dV).
 
-Operator (SPEC §3): q [B,C,S,H,D], k/v [B,M,T,Hkv,D], indices int32 [B,C,K], weights [B,C,K]
+Operator (docs/method.md §3): q [B,C,S,H,D], k/v [B,M,T,Hkv,D], indices int32 [B,C,K], weights [B,C,K]
   o[b,c,s,h] = Σ_i w[b,c,i] · softmax_t(q[b,c,s,h]·k[b,j,t,h']/sqrt(D)) · v[b,j,t,h'],
   j = indices[b,c,i], h' = h // R, R = H/Hkv.
 

@@ -1,4 +1,4 @@
-"""Flax Linen layers usable in other models (SPEC §2); each streams with `stream=StreamSpec`."""
+"""Flax Linen layers usable in other models (docs/method.md §2); each streams with `stream=StreamSpec`."""
 
 from gca_jax.layers.attention import SelfAttention, SlidingWindowAttention
 from gca_jax.layers.blocks import ChunkEncoder, DecoderBlock, UpperBlock

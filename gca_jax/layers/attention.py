@@ -1,5 +1,5 @@
-"""Self-attention layers: sliding-window (SPEC §2.1), full causal, in-chunk bidirectional, and
-Landmark Attention's grouped softmax (SPEC §6), each with a streaming mode (`stream=`)."""
+"""Self-attention layers: sliding-window (docs/method.md §2.1), full causal, in-chunk bidirectional, and
+Landmark Attention's grouped softmax (docs/method.md §6), each with a streaming mode (`stream=`)."""
 
 from __future__ import annotations
 
@@ -211,7 +211,7 @@ def _causal_blocked(q_BxPxHxD, k_BxRxHxD, v_BxRxHxD, pos_P, n_keys, key_block: i
 def rope_at(pos_T, head_dim: int, theta: float, max_pos: int):
   """cos, sin [T, head_dim/2] f32 of traced integer positions `pos_T` in [0, max_pos), exact to
   float32 rounding at any position: angle addition pos = hi*b + lo of two static float64 tables
-  (hi, lo), never float32 trig of a large angle (SPEC §7)."""
+  (hi, lo), never float32 trig of a large angle (docs/method.md §7)."""
   b = 1 << max(0, math.ceil(math.log2(max(1.0, math.sqrt(max_pos)))))
   n_hi = -(-max_pos // b) + 1
   ch, sh = rope_tables(np.arange(n_hi) * b, head_dim, theta)
@@ -223,5 +223,5 @@ def rope_at(pos_T, head_dim: int, theta: float, max_pos: int):
 
 
 class SlidingWindowAttention(SelfAttention):
-  """Causal sliding-window self-attention with RoPE (SPEC §2.1). x [B,T,d] -> [B,T,d]."""
+  """Causal sliding-window self-attention with RoPE (docs/method.md §2.1). x [B,T,d] -> [B,T,d]."""
   mode: str = "window"

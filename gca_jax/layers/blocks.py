@@ -1,4 +1,4 @@
-"""Transformer blocks (SPEC §2): plain pre-norm block, the chunk encoder, and the DRT upper block."""
+"""Transformer blocks (docs/method.md §2): plain pre-norm block, the chunk encoder, and the DRT upper block."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _attention_residual(block: nn.Module, h, mode: str, window, impl: str, posit
 class DecoderBlock(nn.Module):
   """h = h + Attn(norm(h)); h = h + MLP(norm(h)). x [B,T,d] -> [B,T,d].
 
-  attn_mode: "window" (SWA, SPEC §2.1), "causal" (full-attention baseline), "landmark" or
+  attn_mode: "window" (SWA, docs/method.md §2.1), "causal" (full-attention baseline), "landmark" or
   "bidirectional". `stream` / `segment`: the streaming mode of `SelfAttention` (forwarded).
   """
   num_heads: int
@@ -56,7 +56,7 @@ class DecoderBlock(nn.Module):
 
 
 class ChunkEncoder(nn.Module):
-  """Bidirectional encoder applied to each chunk independently (SPEC §2.2).
+  """Bidirectional encoder applied to each chunk independently (docs/method.md §2.2).
 
   x [B,C,S,d] (the lower layers' output) -> E [B,C,S,d] = FinalNorm(Layers(Norm(x))), with full
   attention inside the chunk and RoPE over positions 0..S-1. E[:, :, S-1] are the landmark keys.
@@ -84,7 +84,7 @@ class ChunkEncoder(nn.Module):
 
 
 class UpperBlock(nn.Module):
-  """DRT upper layer (SPEC §2.4). x [B,T,d] with T = C*S; retrieval already shifted.
+  """DRT upper layer (docs/method.md §2.4). x [B,T,d] with T = C*S; retrieval already shifted.
 
     h1 = h + SWA(norm1(h)); g = GCA(h1)
     official: out = h1 + MLP(norm2(h1 + g))       standard: h2 = h1 + g; out = h2 + MLP(norm2(h2))

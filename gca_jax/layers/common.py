@@ -1,4 +1,4 @@
-"""Shared building blocks: RMSNorm, projections with logical axes, SwiGLU MLP, RoPE (SPEC §1-2)."""
+"""Shared building blocks: RMSNorm, projections with logical axes, SwiGLU MLP, RoPE (docs/method.md §1-2)."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def rope_tables(positions, head_dim: int, theta: float = 10000.0):
   """cos, sin tables [T, head_dim/2] (float32) for integer `positions` [T].
 
   Static positions (numpy / python ints) are computed in float64 on the host, so phases stay exact
-  at millions of positions (SPEC §7); traced positions fall back to float32 and should be rebased
+  at millions of positions (docs/method.md §7); traced positions fall back to float32 and should be rebased
   by the caller to stay small.
   """
   half = head_dim // 2

@@ -1,4 +1,4 @@
-"""Grouped Cross Attention layer (SPEC §2.4-2.5): pre-RMSNorm, q_proj, GCA operator, o_proj."""
+"""Grouped Cross Attention layer (docs/method.md §2.4-2.5): pre-RMSNorm, q_proj, GCA operator, o_proj."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Streaming mode of Landmark Attention (SPEC §6): the per-layer cache and the window layout.
+"""Streaming mode of Landmark Attention (docs/method.md §6): the per-layer cache and the window layout.
 
 `landmark_cached_attention` is called by `SelfAttention(mode="landmark")` in stream mode with
 the PRE-RoPE projections of the A window rows of one call. Window row i is augmented stream

@@ -1,4 +1,4 @@
-"""The DRT chunk memory of a stream (SPEC §2.2-2.3, §6 streaming): landmark keys on device,
+"""The DRT chunk memory of a stream (docs/method.md §2.2-2.3, §6 streaming): landmark keys on device,
 encoder outputs on device or in a host store."""
 
 from __future__ import annotations

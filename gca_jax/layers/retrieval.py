@@ -1,4 +1,4 @@
-"""Chunk retrieval (SPEC §2.3): landmark scores, strict causal mask, Gumbel top-k, fusion weights."""
+"""Chunk retrieval (docs/method.md §2.3): landmark scores, strict causal mask, Gumbel top-k, fusion weights."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def masked_topk_weights(scores_BxCxM, valid_BxCxM, top_k: int, noise_BxCxM=None)
 
 
 def shift_to_next_chunk(indices_BxCxK, weights_BxCxK):
-  """Causal shift (SPEC §2.3): the retrieval made at chunk c serves chunk c+1; chunk 0 gets none."""
+  """Causal shift (docs/method.md §2.3): the retrieval made at chunk c serves chunk c+1; chunk 0 gets none."""
   idx = jnp.concatenate([jnp.zeros_like(indices_BxCxK[:, :1]), indices_BxCxK[:, :-1]], axis=1)
   w = jnp.concatenate([jnp.zeros_like(weights_BxCxK[:, :1]), weights_BxCxK[:, :-1]], axis=1)
   return idx, w
@@ -49,7 +49,7 @@ def gumbel_noise(key, shape):
 
 
 class ChunkRetriever(nn.Module):
-  """Per-group retrieval (SPEC §2.3), shared by all heads and layers of the group.
+  """Per-group retrieval (docs/method.md §2.3), shared by all heads and layers of the group.
 
   query_BxCxd: hidden state at each chunk's landmark as it enters the group; landmarks_BxMxd:
   the encoder's landmark keys. score[c,j] = RMSNorm(q[c]) . lmk[j] / sqrt(d), allowed for j < c
@@ -102,7 +102,7 @@ class ChunkRetriever(nn.Module):
 
 
 def blocked_topk_retrieval(q_Bxnxd, lmk_BxMxd, chunk_ids_n, top_k: int, block: int):
-  """Deterministic retrieval (SPEC §2.3) for query chunks with global ids `chunk_ids_n` [n]
+  """Deterministic retrieval (docs/method.md §2.3) for query chunks with global ids `chunk_ids_n` [n]
   against memory landmarks [B, M, d] (M a multiple of `block`): score = q . lmk[j] / sqrt(d),
   allowed for j < chunk id; top-k over M computed block by block with a running merge, visiting
   only blocks below max(chunk_ids) (a while_loop with a traced trip count). `q` must already be

@@ -1,4 +1,4 @@
-"""Streaming mode of the layers: the static spec and the per-call segment position (§6)."""
+"""Streaming mode of the layers: the static spec and the per-call segment position (docs/method.md §8)."""
 
 import dataclasses
 import math

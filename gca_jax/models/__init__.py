@@ -1,4 +1,4 @@
-"""Models: DRT and its baselines (SPEC §2)."""
+"""Models: DRT and its baselines (docs/method.md §2)."""
 
 from gca_jax.models.drt import DRT, insert_landmarks, remove_landmarks, resolved_impls
 from gca_jax.models.loss import cross_entropy_loss

@@ -1,4 +1,4 @@
-"""The DRT model (SPEC §1-2) and its two baselines, as one Linen module."""
+"""The DRT model (docs/method.md §1-2) and its two baselines, as one Linen module."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ tied_head.defvjp(_head_fwd, _head_bwd)
 class DRT(nn.Module):
   """DRT language model; `config.model_kind` also selects the SWA-only / full-attention / Landmark
   Attention baselines ("landmark": landmarks inserted as below, `num_layers` plain blocks with the
-  grouped-softmax attention over blocks of `chunk_size` positions, SPEC §6).
+  grouped-softmax attention over blocks of `chunk_size` positions, docs/method.md §6).
 
   __call__(tokens int32 [B,T], *, train=False) -> logits float32 [B,T,vocab] for the T text
   tokens (`embeddings_BxTxd`, if given, replaces the token-embedding lookup; the tied head still

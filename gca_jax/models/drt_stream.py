@@ -1,4 +1,4 @@
-"""The streaming branch of `DRT.__call__` (SPEC §2, §6 streaming): one segment of P text tokens
+"""The streaming branch of `DRT.__call__` (docs/method.md §2, §6 streaming): one segment of P text tokens
 (any P >= 1, not chunk-aligned) advances the stream held in the "cache" collection.
 
 Window layout (drt and landmark): with r = n_text % L (L = S - 1 text tokens per chunk) text

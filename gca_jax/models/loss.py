@@ -1,4 +1,4 @@
-"""Language-model loss over text tokens (SPEC §2.6)."""
+"""Language-model loss over text tokens (docs/method.md §2.6)."""
 
 from __future__ import annotations
 

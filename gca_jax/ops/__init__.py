@@ -1,4 +1,4 @@
-"""Operators with an `impl` switch: GCA (SPEC §3) and sliding-window / causal / in-chunk attention.
+"""Operators with an `impl` switch: GCA (docs/method.md §3) and sliding-window / causal / in-chunk attention.
 
 Kernels register into `gca_jax.ops.gca` (`register_gca_impl`); this package never imports them.
 """

@@ -1,4 +1,4 @@
-"""Grouped Cross Attention operator (SPEC §3): XLA reference and the `impl` dispatch.
+"""Grouped Cross Attention operator (docs/method.md §3): XLA reference and the `impl` dispatch.
 
   o[b,c,s,h] = sum_i w[b,c,i] * softmax_t(q[b,c,s,h] . k[b,j,t,h'] / sqrt(D)) v[b,j,t,h']
   with j = indices[b,c,i] and h' = h // (H / Hkv).
@@ -121,7 +121,7 @@ def resolve_gca_impl(impl: str, q, k, v, indices, weights) -> str:
 
 
 def grouped_cross_attention(q, k, v, indices, weights, *, impl: str = "auto"):
-  """GCA (SPEC §3). q [B,C,S,H,D], k/v [B,M,S,Hkv,D], indices int [B,C,K], weights [B,C,K].
+  """GCA (docs/method.md §3). q [B,C,S,H,D], k/v [B,M,S,Hkv,D], indices int [B,C,K], weights [B,C,K].
 
   Returns [B,C,S,H,D] in q's dtype. Differentiable in q, k, v and weights.
   impl: "auto" (kernel on GPU/TPU when registered and applicable, else "xla"), "xla", or a

@@ -1,4 +1,4 @@
-"""Host-resident stream buffers (§6 streaming): a generic store of row buffers in host RAM.
+"""Host-resident stream buffers (docs/method.md §8): a generic store of row buffers in host RAM.
 
 A `HostStore` holds named numpy buffers [B, M, *row] that grow (doubling) on write. Jitted code
 reaches it through `io_callback`s keyed by the store's integer id (a `host_key` cache leaf), via

@@ -1,4 +1,4 @@
-"""Landmark Attention (SPEC §6; Mohtashami & Jaggi, arXiv 2305.16300): the training-time grouped
+"""Landmark Attention (docs/method.md §6; Mohtashami & Jaggi, arXiv 2305.16300): the training-time grouped
 softmax and the inference-time retrieval over a cache.
 
 Dense O(T^2) plain-jnp implementation with float32 softmax statistics, following the official code
@@ -133,7 +133,7 @@ def landmark_attention_loop(q_BxTxHxD, k_BxTxHxD, v_BxTxHxD, block_size: int) ->
 
 # ----------------------------------------------------------------------------- inference form
 #
-# Retrieval over a cache (SPEC §6; the official LLaMA inference, llama/llama_mem.py, `mem_freq`
+# Retrieval over a cache (docs/method.md §6; the official LLaMA inference, llama/llama_mem.py, `mem_freq`
 # path, `cache_top_k`). Cache layout per layer (M = block capacity, a multiple of the scan block):
 #   k, v  [B, H, M*S, D]  keys rotated by their offset inside their block (0..S-1) / values of
 #                         every past position (landmarks included);

@@ -1,5 +1,5 @@
-"""Causal sliding-window attention (SPEC §2.1), full causal attention and in-chunk bidirectional
-attention (the chunk encoder, SPEC §2.2), with an `impl` switch.
+"""Causal sliding-window attention (docs/method.md §2.1), full causal attention and in-chunk bidirectional
+attention (the chunk encoder, docs/method.md §2.2), with an `impl` switch.
 
 `sliding_window_attention(q, k, v, window)`: q [B,T,H,D], k/v [B,T,Hkv,D] -> [B,T,H,D]; query t
 attends keys t-W+1 .. t (W positions, itself included). Implementations:

@@ -1,4 +1,4 @@
-"""Optimizer (SPEC §4): AdamW, linear warmup + cosine decay, global-norm gradient clipping.
+"""Optimizer (docs/method.md §4): AdamW, linear warmup + cosine decay, global-norm gradient clipping.
 
 Choices, written down:
 - The schedule is optax's `warmup_cosine_decay_schedule`: lr rises linearly from 0 at step 0 to
@@ -8,7 +8,7 @@ Choices, written down:
   before the update.
 - Weight decay is decoupled (AdamW, `p -= lr * wd * p`, as in PyTorch's AdamW that the official
   code uses). By default it applies to **every** parameter, norms, the landmark embedding and the
-  tied token embedding included, because the official code decays everything (SPEC follows it).
+  tied token embedding included, because the official code decays everything (docs/method.md §9 follows it).
   `weight_decay_mask="matrices"` restricts decay to parameters with ndim >= 2 that are not the
   token embedding (the common modern recipe); it is an option, not the default.
 - Clipping happens before Adam, on the global norm of the full (accumulated) gradient;

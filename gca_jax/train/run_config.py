@@ -6,7 +6,7 @@ command line as `--config.section.field=value`). Sections:
   model       every `DRTConfig` field (gca_jax/config.py), same names and meaning.
   data        train_path, eval_path, tokenizer (SentencePiece .model), seq_len (text tokens per
               training sample), passkey_fraction (share of training samples rewritten as passkey
-              samples, SPEC §4), passkey_key_len (10), passkey_answer_offset (4), cache_dir
+              samples, docs/method.md §4), passkey_key_len (10), passkey_answer_offset (4), cache_dir
               (token-stream cache; "" = none), shuffle_seed, eval_windows (held-out windows of
               seq_len scored at each in-training eval).
   train       steps, global_batch_size, grad_accum, lr, lr_end_frac, warmup_frac, b1, b2, eps,
@@ -45,7 +45,7 @@ class RunConfigError(ValueError):
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """All fields with their defaults (SPEC §4 optimiser settings; the tiny model)."""
+  """All fields with their defaults (docs/method.md §4 optimiser settings; the tiny model)."""
   c = ml_collections.ConfigDict()
   model = DRTConfig().to_dict()
   model["upper_groups"] = tuple(model["upper_groups"])

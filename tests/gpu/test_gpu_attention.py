@@ -1,4 +1,4 @@
-"""GPU parity of the cuDNN attention paths against the XLA references (SPEC §2.1-2.2).
+"""GPU parity of the cuDNN attention paths against the XLA references (docs/method.md §2.1-2.2).
 
 `sliding_window_attention` / `causal_attention` / `chunk_attention` with impl="cudnn" vs the
 blockwise / dense XLA versions in f32: forward and dq/dk/dv, bf16, ≤ 2e-2 relative, all finite;

@@ -1,4 +1,4 @@
-"""GPU parity of the Pallas Triton GCA kernel (compiled) against the XLA reference (SPEC §3).
+"""GPU parity of the Pallas Triton GCA kernel (compiled) against the XLA reference (docs/method.md §3).
 
 Per shape and dtype: forward and all gradients (q, k, v, weights) vs `gca_reference` in f32 at
 Precision.HIGHEST on the same rounded values, with every kernel output pre-filled with NaN; a
