@@ -74,15 +74,11 @@ def available_memory() -> dict:
 
   device: `bytes_limit - bytes_in_use` of `jax.devices()[0].memory_stats()` where the backend
   reports it (GPU/TPU); None on CPU, where arrays live in host memory. host: MemAvailable."""
+  from gca_jax.inference import device_free_bytes  # noqa: PLC0415
+
   dev = jax.devices()[0]
-  free = None
-  try:
-    st = dev.memory_stats()
-  except Exception:  # noqa: BLE001  (backends without memory stats)
-    st = None
-  if st and "bytes_limit" in st:
-    free = int(st["bytes_limit"]) - int(st.get("bytes_in_use", 0))
-  return {"device": free, "host": _meminfo_available(), "device_name": f"{dev.platform}:{dev.id}"}
+  return {"device": device_free_bytes(dev), "host": _meminfo_available(),
+          "device_name": f"{dev.platform}:{dev.id}"}
 
 
 _EXACT_TOKENS = 1 << 26  # cache shapes are derived exactly up to this many text tokens
