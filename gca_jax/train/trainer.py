@@ -37,6 +37,7 @@ import numpy as np
 from gca_jax.models.drt import DRT, resolved_impls
 from gca_jax.sharding import make_mesh
 from gca_jax.train import run_config as rc
+from gca_jax.data.corpus import CorpusError
 from gca_jax.train.checkpoint import Checkpointer, CheckpointError
 from gca_jax.train.metrics import MetricsLogger
 from gca_jax.train.optim import make_optimizer
@@ -160,21 +161,56 @@ def _recall_data(config, model_cfg, tok, train_tokens, eval_tokens, batch_multip
   return it, held
 
 
-def build_data(config, model_cfg, batch_multiple: int = 1) -> RunData:
+def build_data(config, model_cfg, batch_multiple: int = 1, *, run_dir: str | None = None,
+               say: Callable[[str], None] | None = None) -> RunData:
   """Tokenizer, training data (this process's shard) and held-out eval data.
 
   `batch_multiple`: what every global batch must be a multiple of (mesh data*fsdp*grad_accum);
-  used for the curriculum stages' batch sizes.
+  used for the curriculum stages' batch sizes. With `run_dir`, what the corpus reading skipped
+  (non-UTF-8 files, malformed JSONL lines, ...) is written to `<run_dir>/corpus_report.json`;
+  any skip is also reported through `say`, and a "too short" error says how much was skipped.
   """
-  from gca_jax.data import (PasskeyConfig, Tokenizer, make_eval_windows, make_train_dataset,
-                            tokenize_corpus)
+  from gca_jax.data import Tokenizer, tokenize_corpus
   d = config.data
   tok = Tokenizer.load(d.tokenizer)
   cache = d.cache_dir or None
   train_stream = tokenize_corpus(d.train_path, tok, cache)
+  streams = {"train": train_stream}
   windows = eval_tokens = None
   if config.train.eval_every >= 0:
-    eval_tokens = np.asarray(tokenize_corpus(d.eval_path, tok, cache).tokens)
+    streams["eval"] = tokenize_corpus(d.eval_path, tok, cache)
+    eval_tokens = np.asarray(streams["eval"].tokens)
+  report = corpus_report(streams)
+  if run_dir is not None and jax.process_index() == 0:
+    _write_json(os.path.join(run_dir, CORPUS_REPORT), report)
+  for name, st in streams.items():
+    if st.stats.skipped or st.stats.ignored_files:
+      (say or print)(f"warning: corpus data.{name}_path: {st.stats.summary()} (all names in "
+                     f"{CORPUS_REPORT} of the run_dir)")
+  try:
+    return _build_data(config, model_cfg, tok, train_stream, eval_tokens, batch_multiple)
+  except CorpusError as e:
+    skipped = [f"data.{n}_path: {st.stats.summary()}" for n, st in streams.items()
+               if st.stats.skipped or st.stats.ignored_files]
+    if skipped:
+      raise CorpusError(f"{e}; of the corpus, " + "; ".join(skipped)) from e
+    raise
+
+
+CORPUS_REPORT = "corpus_report.json"
+
+
+def corpus_report(streams: dict) -> dict:
+  """{name: CorpusStats dict + tokens} of the token streams (what was read and skipped)."""
+  return {name: {**st.stats.to_dict(), "skipped": st.stats.skipped, "tokens": int(len(st.tokens)),
+                 "from_cache": bool(st.from_cache)} for name, st in streams.items()}
+
+
+def _build_data(config, model_cfg, tok, train_stream, eval_tokens, batch_multiple) -> RunData:
+  from gca_jax.data import PasskeyConfig, make_eval_windows, make_train_dataset
+  d = config.data
+  windows = None
+  if eval_tokens is not None:
     windows = make_eval_windows(eval_tokens, d.seq_len, d.eval_windows)
   if rc.recall_enabled(config):
     ds, held = _recall_data(config, model_cfg, tok, np.asarray(train_stream.tokens),
@@ -221,12 +257,15 @@ def _fmt_eta(seconds: float) -> str:
   return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def _write_config_json(run_dir: str, cfg_dict: dict) -> None:
-  path = os.path.join(run_dir, "config.json")
+def _write_json(path: str, obj) -> None:
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    json.dump(cfg_dict, f, indent=2, sort_keys=True)
+    json.dump(obj, f, indent=2, sort_keys=True)
   os.replace(tmp, path)
+
+
+def _write_config_json(run_dir: str, cfg_dict: dict) -> None:
+  _write_json(os.path.join(run_dir, "config.json"), cfg_dict)
 
 
 # -- the loop --------------------------------------------------------------------------------
@@ -242,7 +281,6 @@ def train(config, *, hooks: TrainHooks | None = None, devices=None,
   is_main = jax.process_index() == 0
   if is_main:
     os.makedirs(run_dir, exist_ok=True)
-    _write_config_json(run_dir, cfg_dict)
 
   def say(text: str):
     if is_main:
@@ -251,8 +289,21 @@ def train(config, *, hooks: TrainHooks | None = None, devices=None,
   tc = config.train
   mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
   accum = int(tc.grad_accum)
-  data = build_data(config, model_cfg,
-                    math.lcm(mesh.shape["data"] * mesh.shape["fsdp"] * accum, jax.process_count()))
+  ckpt = Checkpointer(run_dir, keep=config.checkpoint.keep,
+                      async_save=config.checkpoint.async_save)
+  latest = ckpt.latest_step()
+  try:
+    if latest is not None:   # refuse a mismatched resume before anything is written
+      _, saved_cfg = ckpt.restore_config(latest)
+      _check_resume_config(saved_cfg, cfg_dict, latest, say)
+    if is_main:
+      _write_config_json(run_dir, cfg_dict)
+    data = build_data(config, model_cfg,
+                      math.lcm(mesh.shape["data"] * mesh.shape["fsdp"] * accum,
+                               jax.process_count()), run_dir=run_dir, say=say)
+  except BaseException:
+    ckpt.close()
+    raise
 
   model = DRT(model_cfg)
   tx, schedule = make_optimizer(tc)
@@ -262,15 +313,10 @@ def train(config, *, hooks: TrainHooks | None = None, devices=None,
   except ValueError as e:
     raise rc.RunConfigError(f"config.mesh: {e}") from e
 
-  ckpt = Checkpointer(run_dir, keep=config.checkpoint.keep,
-                      async_save=config.checkpoint.async_save)
   it = iter(data.train_ds)
   feedback = hasattr(it, "report")   # the curriculum reads each step's answer accuracy
-  latest = ckpt.latest_step()
   tokens_seen = 0
   if latest is not None:
-    _, saved_cfg = ckpt.restore_config(latest)
-    _check_resume_config(saved_cfg, cfg_dict, latest, say)
     _, state, _ = ckpt.restore(latest, abstract, iterator=it)
     start_step = int(jax.device_get(state.step))
     if start_step != latest:
@@ -282,6 +328,9 @@ def train(config, *, hooks: TrainHooks | None = None, devices=None,
     start_step = 0
 
   steps = int(tc.steps)
+  if start_step >= steps:
+    say(f"nothing to train: run_dir {run_dir} already holds step {start_step} >= "
+        f"config.train.steps={steps} (raise train.steps to continue, or use a new run_dir)")
   gbs, seq_len = int(tc.global_batch_size), int(config.data.seq_len)
   if feedback:
     cur = it.current
