@@ -9,7 +9,8 @@ Examples:
     python train.py --config configs/recall_tiny.py      # the retrieval recipe (docs/results.md)
 
 The run resumes automatically from the latest complete checkpoint in `config.run_dir`.
-SIGTERM: the current step finishes, a checkpoint is saved and the process exits 0.
+SIGTERM or Ctrl-C: the current step finishes, a checkpoint is saved and the process exits 0
+(a second Ctrl-C aborts with exit 130).
 Exit codes: 0 done or preempted-and-saved; 2 invalid config (an unknown --config.x.y field
 names the closest valid one); 3 non-finite loss; 1 other errors.
 """
@@ -101,6 +102,10 @@ def main(argv):
   except NonFiniteLossError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(3)
+  except KeyboardInterrupt:
+    print("error: interrupted twice (SIGINT): aborted; the run resumes from its last complete "
+          "checkpoint", file=sys.stderr)
+    sys.exit(130)
   print(f"{result.status} at step {result.step} (run_dir {result.run_dir})", flush=True)
 
 

@@ -13,8 +13,9 @@ batch N+1 next, exactly as an uninterrupted one.
 
 Stops:
   - completion: final eval, final save (unless that step is saved already), wait for the save.
-  - SIGTERM (preemption): the current step finishes, the state is saved and the save waited for;
-    `TrainResult.status == "preempted"` (train.py exits 0). With several processes the flag is
+  - SIGTERM (preemption) or SIGINT (Ctrl-C): the current step finishes, the state is saved and
+    the save waited for; `TrainResult.status == "preempted"` (train.py exits 0). A repeated
+    SIGTERM during that save is ignored; a second SIGINT aborts (KeyboardInterrupt). With several processes the flag is
     agreed on by all of them each step, so every host saves the same step.
   - NaN/Inf loss or gradient norm: `NonFiniteLossError` naming the step; the jitted step left
     the state untouched and nothing is saved, so the last checkpoint is the last good state.
@@ -74,24 +75,37 @@ class TrainResult:
 
 
 class _Preemption:
-  """SIGTERM -> flag; restores the previous handler on exit. No-op outside the main thread."""
+  """SIGTERM / SIGINT -> flag (save and stop); restores the previous handlers on exit.
+
+  The handlers stay installed until the last save is committed, so a second SIGTERM during the
+  preemption save is ignored (it cannot cut the save short); a second SIGINT (Ctrl-C twice)
+  aborts with KeyboardInterrupt. No-op outside the main thread.
+  """
 
   def __init__(self):
     self.flag = threading.Event()
-    self._old = None
+    self.signal_name = "SIGTERM"
+    self._old = {}
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self._old = signal.signal(signal.SIGTERM, self._handler)
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._old[sig] = signal.signal(sig, self._handler)
     return self
 
   def _handler(self, signum, frame):
-    del signum, frame
+    del frame
+    if self.flag.is_set():
+      if signum == signal.SIGINT:
+        raise KeyboardInterrupt("second SIGINT: aborted without waiting for the save")
+      return   # a repeated SIGTERM: the save already under way is finished first
+    self.signal_name = signal.Signals(signum).name
     self.flag.set()
 
   def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+    self._old = {}
 
   def requested(self) -> bool:
     mine = self.flag.is_set()
@@ -497,14 +511,14 @@ def train(config, *, hooks: TrainHooks | None = None, devices=None,
           save(step, cur_snap, "final" if step == steps else "periodic")
           window_t0, window_steps, window_tokens = time.time(), 0, 0
         if step < steps and preempt.requested():
-          say(f"SIGTERM received: saving step {step} and exiting")
+          say(f"{preempt.signal_name} received: saving step {step} and exiting")
           save(step, cur_snap, "preemption")
           logger.event(step, "preempted")
           status = "preempted"
           break
-    ckpt.wait()
-    if status == "completed":
-      logger.event(step, "completed")
+      ckpt.wait()   # inside: a second SIGTERM cannot cut the save short
+      if status == "completed":
+        logger.event(step, "completed")
   finally:
     if feedback:
       it.close()
