@@ -286,7 +286,25 @@ def _write_config_json(run_dir: str, cfg_dict: dict) -> None:
 
 def train(config, *, hooks: TrainHooks | None = None, devices=None,
           message: Callable[[str], None] | None = None) -> TrainResult:
-  """Runs or resumes the training run of `config`; see the module docstring."""
+  """Runs or resumes the training run of `config`; see the module docstring.
+
+  The run_dir is locked for the run (`<run_dir>/train.lock`, gca_jax/train/lock.py): a second
+  trainer on it raises `RunDirLockedError` naming the holder.
+  """
+  from gca_jax.train.lock import RunDirLock
+  run_dir = config.get("run_dir") if hasattr(config, "get") else None
+  if not isinstance(run_dir, str) or not run_dir or jax.process_index() != 0:
+    return _train(config, hooks=hooks, devices=devices, message=message)
+  os.makedirs(os.path.abspath(run_dir), exist_ok=True)
+  lock = RunDirLock(os.path.abspath(run_dir), warn=message or print).acquire()
+  try:
+    return _train(config, hooks=hooks, devices=devices, message=message)
+  finally:
+    lock.release()
+
+
+def _train(config, *, hooks: TrainHooks | None = None, devices=None,
+           message: Callable[[str], None] | None = None) -> TrainResult:
   hooks = hooks or TrainHooks()
   devices = list(jax.devices() if devices is None else devices)
   model_cfg = rc.validate(config, num_devices=len(devices))
