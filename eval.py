@@ -419,11 +419,48 @@ def _parse_flags(argv):
     sys.exit(2)
 
 
+def _check_output(flag, is_dir: bool) -> None:
+  """The output path of `flag` can be written (checked before any work)."""
+  path = flag.value
+  if not path:
+    return
+  target = os.path.abspath(path) if is_dir else os.path.dirname(os.path.abspath(path))
+  if not is_dir and os.path.isdir(path):
+    raise EvalError(f"--{flag.name}={path!r} is a directory; give a file path")
+  try:
+    os.makedirs(target, exist_ok=True)
+  except OSError as e:
+    raise EvalError(f"--{flag.name}={path!r}: cannot create {target!r} ({e.strerror})") from e
+  probe = os.path.join(target, f".eval_write_check.{os.getpid()}")
+  try:
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise EvalError(f"--{flag.name}={path!r}: {target!r} is not writable ({e.strerror})") from e
+
+
+def check_arguments() -> None:
+  """Checks that need no model, before anything is loaded: counts and output paths."""
+  for flag in (_BATCH, _PPL_WINDOWS, _TRIALS, _MAX_NEW, _NUM_KEYS):
+    _positive(flag)
+  for flag in (_PPL_LENGTH, _SEGMENT):
+    if flag.value is not None:
+      _positive(flag)
+  _check_output(_OUT, is_dir=False)
+  _check_output(_OUT_DIR, is_dir=True)
+
+
 def main(argv):
   if len(argv) > 1:
     print(f"error: unexpected arguments {argv[1:]} (flags are --name=value)", file=sys.stderr)
     sys.exit(2)
   logging.set_verbosity(logging.WARNING)
+  try:
+    check_arguments()
+  except EvalError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   from gca_jax.config import ConfigError
   from gca_jax.data import CorpusError
   from gca_jax.train import CheckpointError, RunConfigError

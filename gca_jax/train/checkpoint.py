@@ -145,20 +145,32 @@ class Checkpointer:
     """
     step = self._require(step)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
-    has_iter = os.path.isdir(os.path.join(self.directory, str(step), "data_iter"))
+    step_dir = os.path.join(self.directory, str(step))
+    if not os.path.isfile(os.path.join(step_dir, "state", "_METADATA")):
+      raise CheckpointError(f"checkpoint step {step} is damaged: {step_dir}/state/_METADATA is "
+                            f"missing")
     if iterator is not None:
-      if not has_iter:
+      iter_dir = os.path.join(step_dir, "data_iter")
+      if not os.path.isdir(iter_dir):
         raise CheckpointError(f"checkpoint step {step} has no data iterator state")
+      n, i = jax.process_count(), jax.process_index()
+      mine = os.path.join(iter_dir, f"process_{i}-of-{n}.json")
+      if not os.path.isfile(mine):
+        others = sorted(f for f in os.listdir(iter_dir)
+                        if f.startswith("process_") and not f.endswith(f"-of-{n}.json"))
+        if others:
+          raise CheckpointError(
+              f"checkpoint step {step} has no data-iterator state for process {i} of {n}: it "
+              f"was written by a run with a different number of processes ({others[0]})")
+        raise CheckpointError(f"checkpoint step {step} is damaged: its data-iterator state "
+                              f"{mine} is missing")
       items["data_iter"] = grain.checkpoint.CheckpointRestore(iterator)
     try:
       out = self.manager.restore(step, args=ocp.args.Composite(**items))
-    except ValueError as e:
-      if "process_" in str(e) and "does not exist" in str(e):
-        raise CheckpointError(
-            f"checkpoint step {step} has no data-iterator state for process "
-            f"{jax.process_index()} of {jax.process_count()}: it was written by a run with a "
-            f"different number of processes ({e})") from e
-      raise
+    except Exception as e:  # noqa: BLE001 - one line naming the step and the cause
+      first = (str(e).strip().splitlines() or [""])[0][:300]
+      raise CheckpointError(f"checkpoint step {step} cannot be read ({type(e).__name__}: "
+                            f"{first}); {step_dir} is damaged") from e
     return step, out["state"], (out["data_iter"] if iterator is not None else None)
 
   def restore_params(self, step: int | None, abstract_params):

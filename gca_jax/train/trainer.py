@@ -13,8 +13,9 @@ batch N+1 next, exactly as an uninterrupted one.
 
 Stops:
   - completion: final eval, final save (unless that step is saved already), wait for the save.
-  - SIGTERM (preemption): the current step finishes, the state is saved and the save waited for;
-    `TrainResult.status == "preempted"` (train.py exits 0). With several processes the flag is
+  - SIGTERM (preemption) or SIGINT (Ctrl-C): the current step finishes, the state is saved and
+    the save waited for; `TrainResult.status == "preempted"` (train.py exits 0). A repeated
+    SIGTERM during that save is ignored; a second SIGINT aborts (KeyboardInterrupt). With several processes the flag is
     agreed on by all of them each step, so every host saves the same step.
   - NaN/Inf loss or gradient norm: `NonFiniteLossError` naming the step; the jitted step left
     the state untouched and nothing is saved, so the last checkpoint is the last good state.
@@ -37,6 +38,7 @@ import numpy as np
 from gca_jax.models.drt import DRT, resolved_impls
 from gca_jax.sharding import make_mesh
 from gca_jax.train import run_config as rc
+from gca_jax.data.corpus import CorpusError
 from gca_jax.train.checkpoint import Checkpointer, CheckpointError
 from gca_jax.train.metrics import MetricsLogger
 from gca_jax.train.optim import make_optimizer
@@ -73,24 +75,37 @@ class TrainResult:
 
 
 class _Preemption:
-  """SIGTERM -> flag; restores the previous handler on exit. No-op outside the main thread."""
+  """SIGTERM / SIGINT -> flag (save and stop); restores the previous handlers on exit.
+
+  The handlers stay installed until the last save is committed, so a second SIGTERM during the
+  preemption save is ignored (it cannot cut the save short); a second SIGINT (Ctrl-C twice)
+  aborts with KeyboardInterrupt. No-op outside the main thread.
+  """
 
   def __init__(self):
     self.flag = threading.Event()
-    self._old = None
+    self.signal_name = "SIGTERM"
+    self._old = {}
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self._old = signal.signal(signal.SIGTERM, self._handler)
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._old[sig] = signal.signal(sig, self._handler)
     return self
 
   def _handler(self, signum, frame):
-    del signum, frame
+    del frame
+    if self.flag.is_set():
+      if signum == signal.SIGINT:
+        raise KeyboardInterrupt("second SIGINT: aborted without waiting for the save")
+      return   # a repeated SIGTERM: the save already under way is finished first
+    self.signal_name = signal.Signals(signum).name
     self.flag.set()
 
   def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+    self._old = {}
 
   def requested(self) -> bool:
     mine = self.flag.is_set()
@@ -160,21 +175,56 @@ def _recall_data(config, model_cfg, tok, train_tokens, eval_tokens, batch_multip
   return it, held
 
 
-def build_data(config, model_cfg, batch_multiple: int = 1) -> RunData:
+def build_data(config, model_cfg, batch_multiple: int = 1, *, run_dir: str | None = None,
+               say: Callable[[str], None] | None = None) -> RunData:
   """Tokenizer, training data (this process's shard) and held-out eval data.
 
   `batch_multiple`: what every global batch must be a multiple of (mesh data*fsdp*grad_accum);
-  used for the curriculum stages' batch sizes.
+  used for the curriculum stages' batch sizes. With `run_dir`, what the corpus reading skipped
+  (non-UTF-8 files, malformed JSONL lines, ...) is written to `<run_dir>/corpus_report.json`;
+  any skip is also reported through `say`, and a "too short" error says how much was skipped.
   """
-  from gca_jax.data import (PasskeyConfig, Tokenizer, make_eval_windows, make_train_dataset,
-                            tokenize_corpus)
+  from gca_jax.data import Tokenizer, tokenize_corpus
   d = config.data
   tok = Tokenizer.load(d.tokenizer)
   cache = d.cache_dir or None
   train_stream = tokenize_corpus(d.train_path, tok, cache)
+  streams = {"train": train_stream}
   windows = eval_tokens = None
   if config.train.eval_every >= 0:
-    eval_tokens = np.asarray(tokenize_corpus(d.eval_path, tok, cache).tokens)
+    streams["eval"] = tokenize_corpus(d.eval_path, tok, cache)
+    eval_tokens = np.asarray(streams["eval"].tokens)
+  report = corpus_report(streams)
+  if run_dir is not None and jax.process_index() == 0:
+    _write_json(os.path.join(run_dir, CORPUS_REPORT), report)
+  for name, st in streams.items():
+    if st.stats.skipped or st.stats.ignored_files:
+      (say or print)(f"warning: corpus data.{name}_path: {st.stats.summary()} (all names in "
+                     f"{CORPUS_REPORT} of the run_dir)")
+  try:
+    return _build_data(config, model_cfg, tok, train_stream, eval_tokens, batch_multiple)
+  except CorpusError as e:
+    skipped = [f"data.{n}_path: {st.stats.summary()}" for n, st in streams.items()
+               if st.stats.skipped or st.stats.ignored_files]
+    if skipped:
+      raise CorpusError(f"{e}; of the corpus, " + "; ".join(skipped)) from e
+    raise
+
+
+CORPUS_REPORT = "corpus_report.json"
+
+
+def corpus_report(streams: dict) -> dict:
+  """{name: CorpusStats dict + tokens} of the token streams (what was read and skipped)."""
+  return {name: {**st.stats.to_dict(), "skipped": st.stats.skipped, "tokens": int(len(st.tokens)),
+                 "from_cache": bool(st.from_cache)} for name, st in streams.items()}
+
+
+def _build_data(config, model_cfg, tok, train_stream, eval_tokens, batch_multiple) -> RunData:
+  from gca_jax.data import PasskeyConfig, make_eval_windows, make_train_dataset
+  d = config.data
+  windows = None
+  if eval_tokens is not None:
     windows = make_eval_windows(eval_tokens, d.seq_len, d.eval_windows)
   if rc.recall_enabled(config):
     ds, held = _recall_data(config, model_cfg, tok, np.asarray(train_stream.tokens),
@@ -221,19 +271,40 @@ def _fmt_eta(seconds: float) -> str:
   return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def _write_config_json(run_dir: str, cfg_dict: dict) -> None:
-  path = os.path.join(run_dir, "config.json")
+def _write_json(path: str, obj) -> None:
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    json.dump(cfg_dict, f, indent=2, sort_keys=True)
+    json.dump(obj, f, indent=2, sort_keys=True)
   os.replace(tmp, path)
+
+
+def _write_config_json(run_dir: str, cfg_dict: dict) -> None:
+  _write_json(os.path.join(run_dir, "config.json"), cfg_dict)
 
 
 # -- the loop --------------------------------------------------------------------------------
 
 def train(config, *, hooks: TrainHooks | None = None, devices=None,
           message: Callable[[str], None] | None = None) -> TrainResult:
-  """Runs or resumes the training run of `config`; see the module docstring."""
+  """Runs or resumes the training run of `config`; see the module docstring.
+
+  The run_dir is locked for the run (`<run_dir>/train.lock`, gca_jax/train/lock.py): a second
+  trainer on it raises `RunDirLockedError` naming the holder.
+  """
+  from gca_jax.train.lock import RunDirLock
+  run_dir = config.get("run_dir") if hasattr(config, "get") else None
+  if not isinstance(run_dir, str) or not run_dir or jax.process_index() != 0:
+    return _train(config, hooks=hooks, devices=devices, message=message)
+  os.makedirs(os.path.abspath(run_dir), exist_ok=True)
+  lock = RunDirLock(os.path.abspath(run_dir), warn=message or print).acquire()
+  try:
+    return _train(config, hooks=hooks, devices=devices, message=message)
+  finally:
+    lock.release()
+
+
+def _train(config, *, hooks: TrainHooks | None = None, devices=None,
+           message: Callable[[str], None] | None = None) -> TrainResult:
   hooks = hooks or TrainHooks()
   devices = list(jax.devices() if devices is None else devices)
   model_cfg = rc.validate(config, num_devices=len(devices))
@@ -242,7 +313,6 @@ def train(config, *, hooks: TrainHooks | None = None, devices=None,
   is_main = jax.process_index() == 0
   if is_main:
     os.makedirs(run_dir, exist_ok=True)
-    _write_config_json(run_dir, cfg_dict)
 
   def say(text: str):
     if is_main:
@@ -251,8 +321,21 @@ def train(config, *, hooks: TrainHooks | None = None, devices=None,
   tc = config.train
   mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
   accum = int(tc.grad_accum)
-  data = build_data(config, model_cfg,
-                    math.lcm(mesh.shape["data"] * mesh.shape["fsdp"] * accum, jax.process_count()))
+  ckpt = Checkpointer(run_dir, keep=config.checkpoint.keep,
+                      async_save=config.checkpoint.async_save)
+  latest = ckpt.latest_step()
+  try:
+    if latest is not None:   # refuse a mismatched resume before anything is written
+      _, saved_cfg = ckpt.restore_config(latest)
+      _check_resume_config(saved_cfg, cfg_dict, latest, say)
+    if is_main:
+      _write_config_json(run_dir, cfg_dict)
+    data = build_data(config, model_cfg,
+                      math.lcm(mesh.shape["data"] * mesh.shape["fsdp"] * accum,
+                               jax.process_count()), run_dir=run_dir, say=say)
+  except BaseException:
+    ckpt.close()
+    raise
 
   model = DRT(model_cfg)
   tx, schedule = make_optimizer(tc)
@@ -262,15 +345,10 @@ def train(config, *, hooks: TrainHooks | None = None, devices=None,
   except ValueError as e:
     raise rc.RunConfigError(f"config.mesh: {e}") from e
 
-  ckpt = Checkpointer(run_dir, keep=config.checkpoint.keep,
-                      async_save=config.checkpoint.async_save)
   it = iter(data.train_ds)
   feedback = hasattr(it, "report")   # the curriculum reads each step's answer accuracy
-  latest = ckpt.latest_step()
   tokens_seen = 0
   if latest is not None:
-    _, saved_cfg = ckpt.restore_config(latest)
-    _check_resume_config(saved_cfg, cfg_dict, latest, say)
     _, state, _ = ckpt.restore(latest, abstract, iterator=it)
     start_step = int(jax.device_get(state.step))
     if start_step != latest:
@@ -282,6 +360,9 @@ def train(config, *, hooks: TrainHooks | None = None, devices=None,
     start_step = 0
 
   steps = int(tc.steps)
+  if start_step >= steps:
+    say(f"nothing to train: run_dir {run_dir} already holds step {start_step} >= "
+        f"config.train.steps={steps} (raise train.steps to continue, or use a new run_dir)")
   gbs, seq_len = int(tc.global_batch_size), int(config.data.seq_len)
   if feedback:
     cur = it.current
@@ -448,14 +529,14 @@ def train(config, *, hooks: TrainHooks | None = None, devices=None,
           save(step, cur_snap, "final" if step == steps else "periodic")
           window_t0, window_steps, window_tokens = time.time(), 0, 0
         if step < steps and preempt.requested():
-          say(f"SIGTERM received: saving step {step} and exiting")
+          say(f"{preempt.signal_name} received: saving step {step} and exiting")
           save(step, cur_snap, "preemption")
           logger.event(step, "preempted")
           status = "preempted"
           break
-    ckpt.wait()
-    if status == "completed":
-      logger.event(step, "completed")
+      ckpt.wait()   # inside: a second SIGTERM cannot cut the save short
+      if status == "completed":
+        logger.event(step, "completed")
   finally:
     if feedback:
       it.close()
