@@ -77,6 +77,13 @@ def generate(params, config: DRTConfig, prompt_tokens_BxP, max_new_tokens: int,
   naive full-forward greedy loop); else sampling from softmax(logits / temperature), restricted
   to the `top_k` most likely tokens when given, with jax.random keys from `seed`.
   `stream_kw`: `Stream` options (memory, mem_block, swa_block, landmark_top_k, ...)."""
+  from gca_jax.inference.runner import check_token_ids  # noqa: PLC0415
   from gca_jax.models.drt import DRT  # noqa: PLC0415
+  prompt = np.asarray(prompt_tokens_BxP)
+  if prompt.ndim == 2 and prompt.shape[1] >= 1:
+    check_token_ids(prompt, config.vocab_size, "prompt_tokens")
+    if segment_len is not None and not isinstance(segment_len, bool) \
+        and isinstance(segment_len, (int, np.integer)) and segment_len > prompt.shape[1]:
+      segment_len = int(prompt.shape[1])
   return generate_with(DRT(config), params, prompt_tokens_BxP, max_new_tokens, temperature,
                        top_k, seed, segment_len=segment_len, **stream_kw)

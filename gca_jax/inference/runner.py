@@ -54,10 +54,27 @@ def run_segments(stream, tokens_BxT, segment_len: int, positions=None):
   return nll, out
 
 
-def _check_tokens(tokens) -> np.ndarray:
+def check_token_ids(tokens, vocab_size: int, what: str = "tokens") -> np.ndarray:
+  """`tokens` as an int numpy array, or ValueError naming the first bad id, where it is and the
+  vocab size (non-integer dtype, id < 0 or id >= vocab_size)."""
+  tokens = np.asarray(tokens)
+  if tokens.dtype == bool or not np.issubdtype(tokens.dtype, np.integer):
+    raise ValueError(f"{what} must be integer token ids, got dtype {tokens.dtype} (float ids "
+                     "would be truncated)")
+  bad = (tokens < 0) | (tokens >= vocab_size)
+  if bad.any():
+    where = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(f"{what}: token id {int(tokens[where])} at index {where} is outside the "
+                     f"vocabulary [0, {vocab_size}) ({int(bad.sum())} bad ids in all)")
+  return tokens
+
+
+def _check_tokens(tokens, vocab_size: int | None = None) -> np.ndarray:
   tokens = np.asarray(tokens)
   if tokens.ndim != 2 or tokens.shape[1] < 2:
     raise ValueError(f"tokens must be [B, T] with T >= 2, got {tokens.shape}")
+  if vocab_size is not None:
+    tokens = check_token_ids(tokens, vocab_size)
   return tokens
 
 
@@ -65,8 +82,9 @@ def _run(params, config: DRTConfig, tokens, segment_len, memory, spec_kw, positi
   from gca_jax.models.drt import DRT  # noqa: PLC0415
   _check_memory(memory)
   segment_len = _check_segment(segment_len)
-  tokens = _check_tokens(tokens)
+  tokens = _check_tokens(tokens, config.vocab_size)
   B, T = tokens.shape
+  segment_len = min(segment_len, T - 1)  # a segment longer than the stream is never needed
   n = num_segments(T, segment_len) * segment_len
   stream = Stream(DRT(config), params, B, segment_len=segment_len, memory=memory,
                   expected_tokens=n, **spec_kw)

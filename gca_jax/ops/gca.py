@@ -48,24 +48,28 @@ def _check_shapes(q, k, v, indices, weights) -> tuple[int, int]:
 
 
 def gca_reference(q_BxCxSxHxD, k_BxMxTxGxD, v_BxMxTxGxD, idx_BxCxK, w_BxCxK):
-  """Plain-jnp GCA: gathers the `[B,C,K,T,Hkv,D]` copy, one softmax per slot, f32 softmax.
+  """Plain-jnp GCA: gathers the `[B,C,K,T,Hkv,D]` copy, one softmax per slot.
 
-  Out-of-range indices are clipped into [0, M). Output dtype = q's dtype.
+  Accumulates (scores, softmax, sums) in the promoted input dtype, at least float32: bf16/f16/f32
+  inputs accumulate in f32, float64 inputs (jax_enable_x64) in f64. Out-of-range indices are
+  clipped into [0, M). Output dtype = q's dtype.
   """
   B, C, S, H, D = q_BxCxSxHxD.shape
   M, T, G = k_BxMxTxGxD.shape[1], k_BxMxTxGxD.shape[2], k_BxMxTxGxD.shape[3]
   R = H // G
+  acc = jnp.promote_types(jnp.result_type(q_BxCxSxHxD, k_BxMxTxGxD, v_BxMxTxGxD, w_BxCxK),
+                          jnp.float32)
   idx = jnp.clip(idx_BxCxK.astype(jnp.int32), 0, M - 1)
   gather = jax.vmap(lambda mem, ix: jnp.take(mem, ix, axis=0))  # over batch
   k_BxCxKxTxGxD = gather(k_BxMxTxGxD, idx)
   v_BxCxKxTxGxD = gather(v_BxMxTxGxD, idx)
   q = q_BxCxSxHxD.reshape(B, C, S, G, R, D)
   s = jnp.einsum("bcsgrd,bcktgd->bcksgrt", q, k_BxCxKxTxGxD,
-                 preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(D))
+                 preferred_element_type=acc) / jnp.sqrt(jnp.asarray(D, acc))
   p = jax.nn.softmax(s, axis=-1)
   o = jnp.einsum("bcksgrt,bcktgd->bcksgrd", p.astype(v_BxMxTxGxD.dtype), v_BxCxKxTxGxD,
-                 preferred_element_type=jnp.float32)
-  o = jnp.einsum("bcksgrd,bck->bcsgrd", o, w_BxCxK.astype(jnp.float32))
+                 preferred_element_type=acc)
+  o = jnp.einsum("bcksgrd,bck->bcsgrd", o, w_BxCxK.astype(acc))
   return o.reshape(B, C, S, H, D).astype(q_BxCxSxHxD.dtype)
 
 
