@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from _timing import timeit
-from gca_jax.layers import DecoderBlock, UpperBlock
+from gca_jax.layers import BlockConfig, DecoderBlock, UpperBlock
 
 D, H, MLP, W, K, S = 768, 12, 2048, 512, 8, 64
 
@@ -29,7 +29,8 @@ D, H, MLP, W, K, S = 768, 12, 2048, 512, 8, 64
 def run_case(kind: str, T: int, iters: int) -> dict:
   dt = jnp.bfloat16
   rng = np.random.default_rng(0)
-  kw = dict(dtype=dt, param_dtype=jnp.float32)
+  bc = BlockConfig(num_heads=H, head_dim=D // H, mlp_dim=MLP, window=W, chunk_size=S, dtype=dt,
+                   param_dtype=jnp.float32)
   if kind == "drt_upper":
     C = -(-T // (S - 1))
     N = C * S
@@ -43,7 +44,7 @@ def run_case(kind: str, T: int, iters: int) -> dict:
       idx[0, c, :len(sel)] = sel
       w[0, c, :len(sel)] = 1.0 / len(sel)
     idx, w = jnp.asarray(idx), jnp.asarray(w)
-    mod = UpperBlock(H, D // H, MLP, W, S, **kw)
+    mod = UpperBlock(bc)
     params = flax.core.meta.unbox(mod.init(jax.random.key(0), x, kmem, vmem, idx, w))
     f = lambda p, x, km, vm: mod.apply(p, x, km, vm, idx, w)
     args = (params, x, kmem, vmem)
@@ -51,8 +52,7 @@ def run_case(kind: str, T: int, iters: int) -> dict:
   else:
     N = T
     x = jnp.asarray(rng.standard_normal((1, N, D)), dt)
-    mode, window = ("window", W) if kind == "swa" else ("causal", None)
-    mod = DecoderBlock(H, D // H, MLP, mode, window, **kw)
+    mod = DecoderBlock(bc, mode="window" if kind == "swa" else "causal")
     params = flax.core.meta.unbox(mod.init(jax.random.key(0), x))
     f = lambda p, x: mod.apply(p, x)
     args = (params, x)

@@ -1,9 +1,14 @@
-"""Model configuration (docs/method.md §1): one frozen, validated dataclass for DRT and its baselines."""
+"""Model configuration (docs/method.md §1): `DRTConfig`, one frozen, validated dataclass for DRT and its
+baselines, and `BlockConfig`, the per-layer hyper-parameters the `gca_jax.layers` modules take
+(`DRTConfig.block_config()`). BlockConfig lives here, not in gca_jax.layers, because config must
+not import layers (tests/test_import_graph.py); `gca_jax.layers` re-exports it."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Mapping
+
+import jax.numpy as jnp
 
 from gca_jax.ops import gca as _gca_ops
 from gca_jax.ops.swa import SWA_IMPLS  # the attention `impl=` names (ops/swa.py)
@@ -15,6 +20,91 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 class ConfigError(ValueError):
   """A configuration value is invalid; the message names the field and the cause."""
+
+
+def _is_int(v, lo: int) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+  """Hyper-parameters shared by the layers of `gca_jax.layers` (docs/method.md §2), one frozen,
+  hashable object passed as the first argument: `DecoderBlock(bc, mode="window")`,
+  `ChunkEncoder(bc, num_layers=2)`, `UpperBlock(bc)`, `SelfAttention(bc, mode="causal")`,
+  `GroupedCrossAttention(bc)`, `ChunkRetriever(bc)`. A model builds it with
+  `DRTConfig.block_config()`; other models build it directly.
+
+  num_heads, head_dim: attention heads H and their width Dh (even, for RoPE); H*Dh need not
+    equal the input width d (q/k/v project d -> H*Dh, o projects back to d).
+  mlp_dim: SwiGLU hidden width (blocks with an MLP need it; a bare attention layer does not).
+  window: sliding window W in positions, the query included (mode "window", UpperBlock).
+  chunk_size: positions per chunk S including the landmark (UpperBlock's GCA chunks; the block
+    size of mode "landmark").
+  top_k: chunks retrieved per chunk (ChunkRetriever); the landmark streaming top-k default.
+  rope_theta, norm_eps, init_std: RoPE base, RMSNorm epsilon, std of the normal init.
+  dtype / param_dtype: compute / parameter storage dtype (a name or a dtype; stored as jnp.dtype).
+  swa_impl: self-attention kernel (`gca_jax.ops.swa.SWA_IMPLS`), also the chunk encoder's;
+    gca_impl: GCA kernel (`gca_jax.ops.available_gca_impls()`).
+  gca_residual: UpperBlock's residual form, "official" or "standard" (docs/method.md §2.4).
+  An invalid value raises ConfigError (a ValueError) naming the field.
+  """
+  num_heads: int
+  head_dim: int
+  mlp_dim: int | None = None
+  window: int | None = None
+  chunk_size: int | None = None
+  top_k: int | None = None
+  rope_theta: float = 10000.0
+  norm_eps: float = 1e-5
+  init_std: float = 0.02
+  dtype: Any = "float32"
+  param_dtype: Any = "float32"
+  swa_impl: str = "auto"
+  gca_impl: str = "auto"
+  gca_residual: str = "official"
+
+  def _fail(self, field: str, why: str):
+    raise ConfigError(f"BlockConfig.{field}={getattr(self, field)!r}: {why}")
+
+  def __post_init__(self):
+    for name in ("num_heads", "head_dim"):
+      if not _is_int(getattr(self, name), 1):
+        self._fail(name, "must be a positive integer")
+    if self.head_dim % 2:
+      self._fail("head_dim", "must be even for RoPE")
+    for name, lo in (("mlp_dim", 1), ("window", 1), ("chunk_size", 2), ("top_k", 1)):
+      v = getattr(self, name)
+      if v is not None and not _is_int(v, lo):
+        self._fail(name, f"must be None or an integer >= {lo}")
+    for name in ("rope_theta", "norm_eps", "init_std"):
+      v = getattr(self, name)
+      if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+        self._fail(name, "must be a positive number")
+    for name in ("dtype", "param_dtype"):
+      try:
+        dt = jnp.dtype(getattr(self, name))
+      except TypeError:
+        dt = None
+      if dt is None or not jnp.issubdtype(dt, jnp.floating):
+        self._fail(name, "must be a floating dtype (or its name)")
+      object.__setattr__(self, name, dt)
+    if self.swa_impl not in SWA_IMPLS:
+      self._fail("swa_impl", f"must be one of the attention impls {SWA_IMPLS}")
+    gca_impls = _gca_ops.available_gca_impls()
+    if self.gca_impl not in gca_impls:
+      self._fail("gca_impl", f"must be one of the registered GCA impls {gca_impls}")
+    if self.gca_residual not in GCA_RESIDUALS:
+      self._fail("gca_residual", f"must be one of {GCA_RESIDUALS}")
+
+  def need(self, field: str, who: str):
+    """The value of an optional `field` that `who` requires; ConfigError naming it if None."""
+    v = getattr(self, field)
+    if v is None:
+      raise ConfigError(f"BlockConfig.{field} is None: {who} needs it")
+    return v
+
+  def replace(self, **kw) -> "BlockConfig":
+    return dataclasses.replace(self, **kw)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +231,18 @@ class DRTConfig:
     """Decoder depth: lower + upper for DRT; the same plus extra layers for baselines."""
     n = self.lower_layers + sum(self.upper_groups)
     return n if self.model_kind == "drt" else n + self.baseline_extra_layers
+
+  def block_config(self) -> BlockConfig:
+    """The per-layer hyper-parameters for `gca_jax.layers` (chunk_size / top_k only for the
+    kinds that use them: drt, landmark)."""
+    chunked = self.model_kind in ("drt", "landmark")
+    return BlockConfig(
+        num_heads=self.num_heads, head_dim=self.head_dim, mlp_dim=self.mlp_dim,
+        window=self.window, chunk_size=self.chunk_size if chunked else None,
+        top_k=self.top_k if chunked else None, rope_theta=self.rope_theta,
+        norm_eps=self.norm_eps, init_std=self.init_std, dtype=self.dtype,
+        param_dtype=self.param_dtype, swa_impl=self.swa_impl, gca_impl=self.gca_impl,
+        gca_residual=self.gca_residual)
 
   def replace(self, **kw) -> "DRTConfig":
     return dataclasses.replace(self, **kw)

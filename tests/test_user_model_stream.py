@@ -7,7 +7,7 @@ import numpy as np
 
 from gca_jax.inference import TRACE_COUNTS, Stream, run_segments
 from gca_jax.inference.generate import generate_with
-from gca_jax.layers import DecoderBlock, RMSNorm, SlidingWindowAttention
+from gca_jax.layers import BlockConfig, DecoderBlock, RMSNorm, SlidingWindowAttention
 
 
 class TinySWALM(nn.Module):
@@ -18,9 +18,10 @@ class TinySWALM(nn.Module):
   @nn.compact
   def __call__(self, tokens, *, stream=None):
     h = nn.Embed(self.vocab, self.d)(tokens)
-    h = DecoderBlock(num_heads=4, head_dim=8, mlp_dim=64, attn_mode="window", window=6)(
+    h = DecoderBlock(BlockConfig(num_heads=4, head_dim=8, mlp_dim=64, window=6), mode="window")(
         h, stream=stream)
-    h = h + SlidingWindowAttention(num_heads=2, head_dim=16, window=9)(RMSNorm()(h), stream=stream)
+    h = h + SlidingWindowAttention(BlockConfig(num_heads=2, head_dim=16, window=9))(
+        RMSNorm()(h), stream=stream)
     return nn.Dense(self.vocab)(RMSNorm()(h))
 
 

@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gca_jax.layers.common import Dense, Dtype, apply_rope, rope_tables
+from gca_jax.config import BlockConfig
+from gca_jax.layers.common import Dense, apply_rope, rope_tables
 from gca_jax.layers.stream import Segment, StreamSpec
 from gca_jax.ops import landmark as landmark_ops
 from gca_jax.ops import swa as swa_ops
@@ -21,11 +22,11 @@ _NEG = -1e30
 class SelfAttention(nn.Module):
   """Multi-head self-attention with RoPE: q/k/v/o projections (no bias) around an attention op.
 
-  x [B,T,d] -> [B,T,d]. `mode`: "window" (causal, last `window` positions, impl switch),
-  "causal" (full causal), "bidirectional" (no mask; used inside a chunk), "landmark" (Landmark
-  Attention grouped softmax, `gca_jax.ops.landmark`; here `window` is the block size in positions,
-  text tokens + 1 landmark, and the input must already hold the landmarks; plain jnp, `impl`
-  unused).
+  x [B,T,d] -> [B,T,d]; heads, RoPE, init, dtypes from `config` (BlockConfig). `mode`: "window"
+  (causal, the last `config.window` positions, kernel `config.swa_impl`), "causal" (full causal),
+  "bidirectional" (no mask; used inside a chunk), "landmark" (Landmark Attention grouped softmax,
+  `gca_jax.ops.landmark`, docs/method.md §6: blocks of `config.chunk_size` positions, text tokens
+  + 1 landmark; the input must already hold the landmarks; plain jnp, swa_impl unused).
   `positions`: RoPE positions (length T); default 0..T-1.
 
   Streaming (`stream=StreamSpec`, apply with mutable=["cache"]): x holds the T rows of this call
@@ -35,26 +36,25 @@ class SelfAttention(nn.Module):
     causal:   cache "k" (rotated by absolute position) / "v" [B, R, H, Dh] of every position,
               R >= spec.capacity_tokens, "n" the count; exact phases by angle addition of two
               static float64 tables.
-    landmark: `gca_jax.layers.landmark_cache.landmark_cached_attention` (its own cache).
+    landmark: `gca_jax.layers.landmark_cache.landmark_cached_attention` (its own cache); top-k
+              StreamSpec.landmark_top_k, else `config.top_k`.
   """
-  num_heads: int
-  head_dim: int
+  config: BlockConfig
   mode: str = "window"
-  window: int | None = None
-  impl: str = "auto"
-  rope_theta: float = 10000.0
-  std: float = 0.02
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  landmark_top_k: int | None = None
+
+  def _kw(self):
+    c = self.config
+    return dict(std=c.init_std, dtype=c.dtype, param_dtype=c.param_dtype)
 
   @nn.compact
   def __call__(self, x_BxTxd, positions=None, *, stream: StreamSpec | None = None,
                segment: Segment | None = None):
     *lead, T, d = x_BxTxd.shape
-    hd = self.num_heads * self.head_dim
-    kw = dict(std=self.std, dtype=self.dtype, param_dtype=self.param_dtype)
-    split = lambda y: y.reshape(*lead, T, self.num_heads, self.head_dim)
+    c = self.config
+    H, Dh = c.num_heads, c.head_dim
+    hd = H * Dh
+    kw = self._kw()
+    split = lambda y: y.reshape(*lead, T, H, Dh)
     q = split(Dense(hd, ("embed", "heads"), name="q_proj", **kw)(x_BxTxd))
     k = split(Dense(hd, ("embed", "heads"), name="k_proj", **kw)(x_BxTxd))
     v = split(Dense(hd, ("embed", "heads"), name="v_proj", **kw)(x_BxTxd))
@@ -64,23 +64,19 @@ class SelfAttention(nn.Module):
                          "the positions)")
       o = self._stream(q, k, v, stream, segment)
       return Dense(d, ("heads", "embed"), name="o_proj", **kw)(o.reshape(*lead, T, hd))
-    cos, sin = rope_tables(np.arange(T) if positions is None else positions, self.head_dim,
-                           self.rope_theta)
+    cos, sin = rope_tables(np.arange(T) if positions is None else positions, Dh, c.rope_theta)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    flat = lambda y: y.reshape(-1, T, H, Dh)
     if self.mode == "window":
-      if self.window is None:
-        raise ValueError("SelfAttention(mode='window') needs a window size")
-      o = swa_ops.sliding_window_attention(q, k, v, self.window, impl=self.impl)
+      W = c.need("window", "SelfAttention(mode='window')")
+      o = swa_ops.sliding_window_attention(q, k, v, W, impl=c.swa_impl)
     elif self.mode == "causal":
-      o = swa_ops.causal_attention(q, k, v, impl=self.impl)
+      o = swa_ops.causal_attention(q, k, v, impl=c.swa_impl)
     elif self.mode == "landmark":
-      if self.window is None:
-        raise ValueError("SelfAttention(mode='landmark') needs the block size in `window`")
-      flat = lambda y: y.reshape(-1, T, self.num_heads, self.head_dim)
-      o = landmark_ops.landmark_attention(flat(q), flat(k), flat(v), self.window).reshape(q.shape)
+      S = c.need("chunk_size", "SelfAttention(mode='landmark') (the block size)")
+      o = landmark_ops.landmark_attention(flat(q), flat(k), flat(v), S).reshape(q.shape)
     elif self.mode == "bidirectional":
-      flat = lambda y: y.reshape(-1, T, self.num_heads, self.head_dim)
-      o = swa_ops.chunk_attention(flat(q), flat(k), flat(v), impl=self.impl).reshape(q.shape)
+      o = swa_ops.chunk_attention(flat(q), flat(k), flat(v), impl=c.swa_impl).reshape(q.shape)
     else:
       raise ValueError(f"SelfAttention: unknown mode {self.mode!r}")
     axes = ("batch",) + (None,) * (len(lead) - 1) + ("act_length", "act_heads")
@@ -92,23 +88,23 @@ class SelfAttention(nn.Module):
       raise ValueError(f"SelfAttention(stream=...): x must be [B, T, d], got q{q.shape}")
     T = q.shape[1]
     n_valid = jnp.asarray(T, jnp.int32) if segment is None else segment.n_valid
+    c = self.config
     if self.mode == "window":
-      if self.window is None:
-        raise ValueError("SelfAttention(mode='window') needs a window size")
+      c.need("window", "SelfAttention(mode='window')")
       return self._window_cached(q, k, v, n_valid, spec.swa_block)
     if self.mode == "causal":
       return self._causal_cached(q, k, v, n_valid, spec)
     if self.mode == "landmark":
-      if segment is None or self.window is None:
-        raise ValueError("SelfAttention(mode='landmark', stream=...) needs `segment` and the "
-                         "block size in `window`")
+      S = c.need("chunk_size", "SelfAttention(mode='landmark', stream=...) (the block size)")
+      if segment is None:
+        raise ValueError("SelfAttention(mode='landmark', stream=...) needs `segment`")
       from gca_jax.layers.landmark_cache import landmark_cached_attention  # noqa: PLC0415
-      top_k = spec.landmark_top_k if spec.landmark_top_k is not None else self.landmark_top_k
+      top_k = spec.landmark_top_k if spec.landmark_top_k is not None else c.top_k
       if top_k is None:
         raise ValueError("SelfAttention(mode='landmark', stream=...): no top_k (set "
-                         "`landmark_top_k` on the layer or StreamSpec.landmark_top_k)")
-      return landmark_cached_attention(self, q, k, v, segment=segment, block_size=self.window,
-                                       spec=spec, top_k=top_k)
+                         "BlockConfig.top_k or StreamSpec.landmark_top_k)")
+      return landmark_cached_attention(self, q, k, v, segment=segment, block_size=S,
+                                       spec=spec, top_k=top_k, rope_theta=c.rope_theta)
     raise ValueError(f"SelfAttention: mode {self.mode!r} has no streaming form")
 
   def _window_cached(self, q, k, v, n_valid, qblock: int):
@@ -118,16 +114,16 @@ class SelfAttention(nn.Module):
     Queries/keys rotate with positions relative to the cache start (static float64 tables);
     queries run in blocks of max(qblock, W) rows against their own key window."""
     B, P, H, Dh = q.shape
-    W = self.window
+    W = self.config.window
     Wc = W - 1
-    kc = self.variable("cache", "k", jnp.zeros, (B, Wc, H, Dh), self.dtype)
-    vc = self.variable("cache", "v", jnp.zeros, (B, Wc, H, Dh), self.dtype)
+    kc = self.variable("cache", "k", jnp.zeros, (B, Wc, H, Dh), self.config.dtype)
+    vc = self.variable("cache", "v", jnp.zeros, (B, Wc, H, Dh), self.config.dtype)
     nc = self.variable("cache", "n", jnp.zeros, (), jnp.int32)
     cache_n = nc.value
     k_all = jnp.concatenate([kc.value.astype(k.dtype), k], axis=1)
     v_all = jnp.concatenate([vc.value.astype(v.dtype), v], axis=1)
     N = Wc + P
-    cos, sin = rope_tables(np.arange(N), Dh, self.rope_theta)  # static -> float64 host tables
+    cos, sin = rope_tables(np.arange(N), Dh, self.config.rope_theta)  # static -> float64 host tables
     qr = apply_rope(q, cos[Wc:], sin[Wc:])
     kr = apply_rope(k_all, cos, sin)
     # block i of bq queries sees keys [i*bq, i*bq + bq + Wc) (its window): scores [P, bq + Wc]
@@ -162,13 +158,13 @@ class SelfAttention(nn.Module):
     any position."""
     B, P, H, Dh = q.shape
     R = -(-max(spec.capacity_tokens, P) // 64) * 64
-    kc = self.variable("cache", "k", jnp.zeros, (B, R, H, Dh), self.dtype)
-    vc = self.variable("cache", "v", jnp.zeros, (B, R, H, Dh), self.dtype)
+    kc = self.variable("cache", "k", jnp.zeros, (B, R, H, Dh), self.config.dtype)
+    vc = self.variable("cache", "v", jnp.zeros, (B, R, H, Dh), self.config.dtype)
     nc = self.variable("cache", "n", jnp.zeros, (), jnp.int32)
     n = nc.value
     R = kc.value.shape[1]
     pos = n + jnp.arange(P, dtype=jnp.int32)
-    cos, sin = rope_at(pos, Dh, self.rope_theta, R)
+    cos, sin = rope_at(pos, Dh, self.config.rope_theta, R)
     qr, kr = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     k_all = jax.lax.dynamic_update_slice_in_dim(kc.value, kr.astype(kc.value.dtype), n, axis=1)
     v_all = jax.lax.dynamic_update_slice_in_dim(vc.value, v.astype(vc.value.dtype), n, axis=1)
@@ -223,5 +219,7 @@ def rope_at(pos_T, head_dim: int, theta: float, max_pos: int):
 
 
 class SlidingWindowAttention(SelfAttention):
-  """Causal sliding-window self-attention with RoPE (docs/method.md §2.1). x [B,T,d] -> [B,T,d]."""
+  """Causal sliding-window self-attention with RoPE (docs/method.md §2.1), `SelfAttention` with
+  mode "window": `SlidingWindowAttention(BlockConfig(num_heads=2, head_dim=16, window=9))`.
+  x [B,T,d] -> [B,T,d]."""
   mode: str = "window"

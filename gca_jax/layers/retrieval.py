@@ -6,7 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gca_jax.layers.common import Dtype, RMSNorm
+from gca_jax.config import BlockConfig
+from gca_jax.layers.common import RMSNorm
 
 
 def masked_topk_weights(scores_BxCxM, valid_BxCxM, top_k: int, noise_BxCxM=None):
@@ -51,6 +52,7 @@ def gumbel_noise(key, shape):
 class ChunkRetriever(nn.Module):
   """Per-group retrieval (docs/method.md §2.3), shared by all heads and layers of the group.
 
+  config: BlockConfig (needs top_k = K; norm_eps, param_dtype of the query norm, computed in f32).
   query_BxCxd: hidden state at each chunk's landmark as it enters the group; landmarks_BxMxd:
   the encoder's landmark keys. score[c,j] = RMSNorm(q[c]) . lmk[j] / sqrt(d), allowed for j < c
   (strict; query chunk c is chunk c of the same sequence, offset by `query_offset` chunks when the
@@ -65,16 +67,18 @@ class ChunkRetriever(nn.Module):
   (indices [B, C+1, K], weights [B, C+1, K], None): slot 0 is served by the retrieval carried
   from the previous segment (cache "idx"/"w" [B, K]), slot i by the i-th chunk of this call.
   """
-  top_k: int
-  eps: float = 1e-5
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
+  config: BlockConfig
+
+  @property
+  def top_k(self) -> int:
+    return self.config.need("top_k", "ChunkRetriever")
 
   @nn.compact
   def __call__(self, query_BxCxd, landmarks_BxMxd, *, train: bool = False, query_offset: int = 0,
                stream=None, chunk_ids=None, n_complete=None):
     d = query_BxCxd.shape[-1]
-    q = RMSNorm(self.eps, jnp.float32, self.param_dtype, name="query_norm")(query_BxCxd)
+    c = self.config
+    q = RMSNorm(c.norm_eps, jnp.float32, c.param_dtype, name="query_norm")(query_BxCxd)
     if stream is not None:
       return self._stream(q, landmarks_BxMxd, stream, chunk_ids, n_complete)
     scores = jnp.einsum("bcd,bmd->bcm", q, landmarks_BxMxd.astype(jnp.float32)) / jnp.sqrt(

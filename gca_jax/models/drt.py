@@ -118,27 +118,27 @@ class DRT(nn.Module):
       if embeddings_BxTxd.shape != (B, T, cfg.d_model):
         raise ValueError(f"DRT: embeddings_BxTxd{embeddings_BxTxd.shape} must be {(B, T, cfg.d_model)}")
       x = embeddings_BxTxd.astype(dt)
+    bc = cfg.block_config()
     block = self._block_cls(DecoderBlock)
-    block_kw = dict(rope_theta=cfg.rope_theta, eps=cfg.norm_eps, std=cfg.init_std, **kw)
     if stream is not None:
       if train:
         raise ValueError("DRT(stream=...) is inference only; train must be False")
-      return self._stream(x, emb, block_kw, stream)
+      return self._stream(x, emb, bc, stream)
 
     if cfg.model_kind == "landmark":
       S, L = cfg.chunk_size, cfg.text_per_chunk
       landmark = self.param("landmark", normal_init(cfg.init_std, ("embed",)), (cfg.d_model,), pdt)
       h = nn.with_logical_constraint(insert_landmarks(x, landmark, L), _ACT)
       for i in range(cfg.num_layers):
-        h = block(H, Dh, cfg.mlp_dim, "landmark", S, "xla", name=f"layer_{i}", **block_kw)(h)
+        h = block(bc, "landmark", name=f"layer_{i}")(h)
       h = RMSNorm(cfg.norm_eps, name="final_norm", **kw)(h)
       return self._head(remove_landmarks(h, L, T), emb)
 
     if cfg.model_kind != "drt":
-      mode, window = ("window", cfg.window) if cfg.model_kind == "swa" else ("causal", None)
+      mode = "window" if cfg.model_kind == "swa" else "causal"
       h = nn.with_logical_constraint(x, _ACT)
       for i in range(cfg.num_layers):
-        h = block(H, Dh, cfg.mlp_dim, mode, window, cfg.swa_impl, name=f"layer_{i}", **block_kw)(h)
+        h = block(bc, mode, name=f"layer_{i}")(h)
       h = RMSNorm(cfg.norm_eps, name="final_norm", **kw)(h)
       return self._head(h, emb)
 
@@ -148,12 +148,10 @@ class DRT(nn.Module):
     N = h.shape[1]
     C = N // S
     for i in range(cfg.lower_layers):
-      h = block(H, Dh, cfg.mlp_dim, "window", cfg.window, cfg.swa_impl, name=f"lower_{i}",
-                **block_kw)(h)
+      h = block(bc, "window", name=f"lower_{i}")(h)
 
-    enc = ChunkEncoder(cfg.encoder_layers, H, Dh, cfg.mlp_dim, cfg.rope_theta, cfg.norm_eps,
-                       cfg.init_std, impl=cfg.swa_impl, name="encoder", **kw)(
-                           h.reshape(B, C, S, cfg.d_model))
+    enc = ChunkEncoder(bc, num_layers=cfg.encoder_layers, name="encoder")(
+        h.reshape(B, C, S, cfg.d_model))
     landmarks_BxCxd = enc[:, :, S - 1]
     sink = (jnp.arange(S) < S - 1)[None, None, :, None, None]
     mem_kw = dict(std=cfg.init_std, **kw)
@@ -166,28 +164,26 @@ class DRT(nn.Module):
     layer = 0
     for g, n in enumerate(cfg.upper_groups):
       query = h.reshape(B, C, S, cfg.d_model)[:, :, S - 1]
-      idx, w, _ = ChunkRetriever(cfg.top_k, cfg.norm_eps, dt, pdt, name=f"retriever_{g}")(
-          query, landmarks_BxCxd, train=train)
+      idx, w, _ = ChunkRetriever(bc, name=f"retriever_{g}")(query, landmarks_BxCxd, train=train)
       idx, w = shift_to_next_chunk(idx, w)
       self.sow("intermediates", f"retrieval_g{g}", (idx, w))
       for _ in range(n):
-        h = upper(H, Dh, cfg.mlp_dim, cfg.window, S, cfg.gca_residual, cfg.swa_impl, cfg.gca_impl,
-                  name=f"upper_{layer}", **block_kw)(h, k_mem, v_mem, idx, w)
+        h = upper(bc, name=f"upper_{layer}")(h, k_mem, v_mem, idx, w)
         layer += 1
     h = RMSNorm(cfg.norm_eps, name="final_norm", **kw)(h)
     return self._head(remove_landmarks(h, L, T), emb)
 
-  def _stream(self, x_BxPxd, emb, block_kw, spec: StreamSpec):
+  def _stream(self, x_BxPxd, emb, bc, spec: StreamSpec):
     cfg = self.config
-    pdt = block_kw["param_dtype"]
     if cfg.model_kind in ("swa", "full"):
-      mode, window = ("window", cfg.window) if cfg.model_kind == "swa" else ("causal", None)
-      h = drt_stream.plain_stream(self, x_BxPxd, block_kw, mode, window, spec)
-      h = RMSNorm(cfg.norm_eps, name="final_norm", dtype=block_kw["dtype"], param_dtype=pdt)(h)
+      mode = "window" if cfg.model_kind == "swa" else "causal"
+      h = drt_stream.plain_stream(self, x_BxPxd, bc, mode, spec)
+      h = RMSNorm(cfg.norm_eps, name="final_norm", dtype=bc.dtype, param_dtype=bc.param_dtype)(h)
       return self._head(h, emb)
-    landmark = self.param("landmark", normal_init(cfg.init_std, ("embed",)), (cfg.d_model,), pdt)
+    landmark = self.param("landmark", normal_init(cfg.init_std, ("embed",)), (cfg.d_model,),
+                          bc.param_dtype)
     fwd = drt_stream.landmark_stream if cfg.model_kind == "landmark" else drt_stream.drt_stream
-    return self._head(fwd(self, x_BxPxd, landmark, block_kw, spec), emb)
+    return self._head(fwd(self, x_BxPxd, landmark, bc, spec), emb)
 
   def _head(self, h_BxTxd, emb_Vxd):
     """Tied LM head, float32 logits (`tied_head`)."""

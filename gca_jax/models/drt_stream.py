@@ -18,6 +18,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from gca_jax.config import BlockConfig
 from gca_jax.layers.blocks import ChunkEncoder, DecoderBlock, UpperBlock
 from gca_jax.layers.common import Dense, RMSNorm
 from gca_jax.layers.memory import ChunkMemory
@@ -62,46 +63,41 @@ def _windowed_input(model, x_BxPxd, landmark_d, n_text, S):
   return h, lay
 
 
-def plain_stream(model, x_BxPxd, block_kw: dict, mode: str, window, spec: StreamSpec):
-  """swa / full: the blocks in streaming mode, all rows valid. Returns final hidden [B, P, d]."""
-  cfg = model.config
+def plain_stream(model, x_BxPxd, bc: BlockConfig, mode: str, spec: StreamSpec):
+  """swa / full: the blocks (mode "window" / "causal") in streaming mode, all rows valid.
+  Returns the final hidden states [B, P, d]."""
   h = x_BxPxd
-  for i in range(cfg.num_layers):
-    h = DecoderBlock(cfg.num_heads, cfg.head_dim, cfg.mlp_dim, mode, window, cfg.swa_impl,
-                     name=f"layer_{i}", **block_kw)(h, stream=spec)
+  for i in range(model.config.num_layers):
+    h = DecoderBlock(bc, mode, name=f"layer_{i}")(h, stream=spec)
   return h
 
 
-def landmark_stream(model, x_BxPxd, landmark_d, block_kw: dict, spec: StreamSpec):
+def landmark_stream(model, x_BxPxd, landmark_d, bc: BlockConfig, spec: StreamSpec):
   """Landmark Attention: window layout with landmarks, blocks in streaming landmark mode."""
   cfg = model.config
   n_text = _stream_counter(model, x_BxPxd.shape[1])
   h, lay = _windowed_input(model, x_BxPxd, landmark_d, n_text, cfg.chunk_size)
   seg = Segment(n_text=n_text, n_valid=lay["nv"])
   for i in range(cfg.num_layers):
-    h = DecoderBlock(cfg.num_heads, cfg.head_dim, cfg.mlp_dim, "landmark", cfg.chunk_size, "xla",
-                     name=f"layer_{i}", landmark_top_k=cfg.top_k, **block_kw)(
-                         h, stream=spec, segment=seg)
-  h = RMSNorm(cfg.norm_eps, name="final_norm", dtype=block_kw["dtype"],
-              param_dtype=block_kw["param_dtype"])(h)
+    h = DecoderBlock(bc, "landmark", name=f"layer_{i}")(h, stream=spec, segment=seg)
+  h = RMSNorm(cfg.norm_eps, name="final_norm", dtype=bc.dtype, param_dtype=bc.param_dtype)(h)
   return jnp.take(h, lay["a_txt"], axis=1)
 
 
-def drt_stream(model, x_BxPxd, landmark_d, block_kw: dict, spec: StreamSpec):
+def drt_stream(model, x_BxPxd, landmark_d, bc: BlockConfig, spec: StreamSpec):
   """DRT: lower SWA layers, chunk encoder on the completed chunks, memory write, per group
   blocked retrieval + gather-then-project of the selected chunks, upper SWA + GCA layers.
   Returns the final-normed hidden states of the P text tokens [B, P, d]."""
   cfg = model.config
   B, P, d = x_BxPxd.shape
   S, H, Dh, K = cfg.chunk_size, cfg.num_heads, cfg.head_dim, cfg.top_k
-  dt, pdt = block_kw["dtype"], block_kw["param_dtype"]
+  dt, pdt = bc.dtype, bc.param_dtype
   n_text = _stream_counter(model, P)
   h, lay = _windowed_input(model, x_BxPxd, landmark_d, n_text, S)
   NC, nl, r = lay["NC"], lay["nl"], lay["r"]
   seg = Segment(n_text=n_text, n_valid=lay["nv"])
   for i in range(cfg.lower_layers):
-    h = DecoderBlock(H, Dh, cfg.mlp_dim, "window", cfg.window, cfg.swa_impl, name=f"lower_{i}",
-                     **block_kw)(h, stream=spec, segment=seg)
+    h = DecoderBlock(bc, "window", name=f"lower_{i}")(h, stream=spec, segment=seg)
 
   # chunk slots of lower-layer outputs; slot 0 rows < r come from the carried partial chunk
   NS = (NC + 1) * S
@@ -114,9 +110,8 @@ def drt_stream(model, x_BxPxd, landmark_d, block_kw: dict, spec: StreamSpec):
     partial.value = jnp.asarray(
         jnp.take(z, nl * S + jnp.arange(S, dtype=jnp.int32), axis=1), partial.value.dtype)
 
-  enc = ChunkEncoder(cfg.encoder_layers, H, Dh, cfg.mlp_dim, cfg.rope_theta, cfg.norm_eps,
-                     cfg.init_std, impl=cfg.swa_impl, name="encoder", dtype=dt, param_dtype=pdt)(
-                         z[:, :NC * S].reshape(B, NC, S, d))
+  enc = ChunkEncoder(bc, num_layers=cfg.encoder_layers, name="encoder")(
+      z[:, :NC * S].reshape(B, NC, S, d))
   lmk_buf, c0, fetch = ChunkMemory(S - 1, dt, name="memory")(enc, nl, stream=spec)
   sink = (jnp.arange(S) < S - 1)[None, None, :, None, None]
   mem_kw = dict(std=cfg.init_std, dtype=dt, param_dtype=pdt)
@@ -131,16 +126,15 @@ def drt_stream(model, x_BxPxd, landmark_d, block_kw: dict, spec: StreamSpec):
   layer = 0
   for g, n in enumerate(cfg.upper_groups):
     query = jnp.take(h, lay["lmk_rows"], axis=1)  # [B, NC, d] landmark rows at group entry
-    sidx, sw, _ = ChunkRetriever(K, cfg.norm_eps, dt, pdt, name=f"retriever_{g}")(
+    sidx, sw, _ = ChunkRetriever(bc, name=f"retriever_{g}")(
         query, lmk_buf, stream=spec, chunk_ids=chunk_ids, n_complete=nl)
     # the selected chunks' memory K/V [B, (NC+1)*K, S, H, Dh]: gathered, then projected
     gathered = fetch(sidx.reshape(B, n_sel))
     k_mem = jnp.where(sink, mem_k(gathered).reshape(B, n_sel, S, H, Dh), 0).astype(dt)
     v_mem = jnp.where(sink, mem_v(gathered).reshape(B, n_sel, S, H, Dh), 0).astype(dt)
     for _ in range(n):
-      h = UpperBlock(H, Dh, cfg.mlp_dim, cfg.window, S, cfg.gca_residual, cfg.swa_impl,
-                     cfg.gca_impl, name=f"upper_{layer}", **block_kw)(
-                         h, k_mem, v_mem, sel_idx, sw, stream=spec, segment=seg, slots=slots)
+      h = UpperBlock(bc, name=f"upper_{layer}")(
+          h, k_mem, v_mem, sel_idx, sw, stream=spec, segment=seg, slots=slots)
       layer += 1
   h = RMSNorm(cfg.norm_eps, name="final_norm", dtype=dt, param_dtype=pdt)(h)
   return jnp.take(h, lay["a_txt"], axis=1)
