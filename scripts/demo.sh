@@ -19,7 +19,7 @@ p = r.get("ppl", {})
 ppl = p.get("perplexity", p.get("ppl", float("nan")))
 pk = r.get("passkey", {}).get("summary", {}).get("single", {}).get("official", {})
 print(f"tiny DRT after training: held-out perplexity {ppl:.1f} (random init: ~4096); passkey "
-      f"first-token accuracy {pk} (a 200-step model has not learned retrieval: expect ~0)")
+      f"first-token accuracy {pk} (a 120-step model has not learned retrieval: expect ~0)")
 PY
 echo "== 2. the shipped DRT export on the passkey task at 1x and 64x its 1008-token training length"
 "$PY" eval.py --model_dir checkpoints/sotu_drt --task passkey_grid --lengths 1008,64512 \
