@@ -114,3 +114,27 @@ def test_per_device_kernel_under_mesh_uses_shard_map():
   assert "shard_map" in text or "manual" in text.lower()
   assert out.sharding.spec[0] == ("data", "fsdp")
   assert _rel(out, want) < 1e-5
+
+
+def _prefix_ref(q, k, v, n_empty, W):
+  """Rows of q follow W-1 prefix rows; the first n_empty rows are no keys: SWA over rows n_empty.."""
+  Wc = W - 1
+  q_all = np.concatenate([np.zeros((q.shape[0], Wc) + q.shape[2:], q.dtype), q], axis=1)
+  return _loop_swa(q_all[:, n_empty:], k[:, n_empty:], v[:, n_empty:], W)[:, Wc - n_empty:]
+
+
+@pytest.mark.parametrize("P,W,qblock", [(40, 9, 8), (40, 9, 1024), (5, 9, 4), (64, 17, 16),
+                                        (33, 1, 8)])
+def test_swa_with_prefix_matches_loop(P, W, qblock):
+  """The streaming window-cache attention: every prefix fill (empty, partial, full)."""
+  Wc = W - 1
+  r = np.random.default_rng(P * W)
+  q = r.standard_normal((2, P, 3, 8)).astype(np.float32)
+  k, v = (r.standard_normal((2, P + Wc, 3, 8)).astype(np.float32) for _ in range(2))
+  fn = jax.jit(lambda q, k, v, n: swa.swa_with_prefix(q, k, v, n, W, qblock=qblock, impl="xla"))
+  for n_empty in sorted({0, Wc // 2, Wc}):
+    out = np.asarray(fn(q, k, v, jnp.int32(n_empty)))
+    assert np.isfinite(out).all()
+    assert _rel(out, _prefix_ref(q, k, v, n_empty, W)) < 1e-5, n_empty
+  with pytest.raises(ValueError, match=r"k/v must be \[B, P \+ W - 1, H, D\]"):
+    swa.swa_with_prefix(q, k[:, 1:], v[:, 1:], 0, W)

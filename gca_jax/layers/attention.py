@@ -112,7 +112,7 @@ class SelfAttention(nn.Module):
 
     Rows past `n_valid` are right padding: never a key of a real query (causality), not cached.
     Queries/keys rotate with positions relative to the cache start (static float64 tables);
-    queries run in blocks of max(qblock, W) rows against their own key window."""
+    the attention is `ops.swa.swa_with_prefix` (impl `config.swa_impl`)."""
     B, P, H, Dh = q.shape
     W = self.config.window
     Wc = W - 1
@@ -126,31 +126,13 @@ class SelfAttention(nn.Module):
     cos, sin = rope_tables(np.arange(N), Dh, self.config.rope_theta)  # static -> float64 host tables
     qr = apply_rope(q, cos[Wc:], sin[Wc:])
     kr = apply_rope(k_all, cos, sin)
-    # block i of bq queries sees keys [i*bq, i*bq + bq + Wc) (its window): scores [P, bq + Wc]
-    bq = min(P, max(qblock, Wc + 1))
-    nb = -(-P // bq)
-    padq = nb * bq - P
-    pad = lambda x: jnp.pad(x, ((0, 0), (0, padq), (0, 0), (0, 0))) if padq else x
-    qr, kr, v_p = pad(qr), pad(kr), pad(v_all)
-    kidx = np.arange(nb)[:, None] * bq + np.arange(bq + Wc)[None, :]  # [nb, bq+Wc] key rows
-    qpos = Wc + np.arange(nb)[:, None] * bq + np.arange(bq)[None, :]  # [nb, bq] query rows
-    rel = qpos[:, :, None] - kidx[:, None, :]
-    band = jnp.asarray((rel >= 0) & (rel < W) & (qpos[:, :, None] < N))
-    valid = jnp.asarray(kidx) >= (Wc - cache_n)  # cache rows before the stream start are empty
-    mask = band & valid[:, None, :]  # [nb, bq, bq+Wc]
-    qb = qr.reshape(B, nb, bq, H, Dh)
-    kb = jnp.take(kr, jnp.asarray(kidx), axis=1)  # [B, nb, bq+Wc, H, Dh]
-    vb = jnp.take(v_p, jnp.asarray(kidx), axis=1)
-    s = jnp.einsum("bnqhd,bnkhd->bnhqk", qb, kb, preferred_element_type=jnp.float32)
-    s = jnp.where(mask[None, :, None], s / jnp.sqrt(jnp.float32(Dh)), _NEG)
-    pr = jax.nn.softmax(s, axis=-1)
-    o = jnp.einsum("bnhqk,bnkhd->bnqhd", pr.astype(vb.dtype), vb,
-                   preferred_element_type=jnp.float32).astype(qr.dtype)
+    o = swa_ops.swa_with_prefix(qr, kr, v_all, Wc - cache_n, W, qblock=qblock,
+                                impl=self.config.swa_impl)
     if not self.is_initializing():
       kc.value = jax.lax.dynamic_slice_in_dim(k_all, n_valid, Wc, axis=1).astype(kc.value.dtype)
       vc.value = jax.lax.dynamic_slice_in_dim(v_all, n_valid, Wc, axis=1).astype(vc.value.dtype)
       nc.value = jnp.minimum(cache_n + n_valid, Wc)
-    return o.reshape(B, nb * bq, H, Dh)[:, :P]
+    return o
 
   def _causal_cached(self, q, k, v, n_valid, spec: StreamSpec):
     """Full causal attention of T new rows over every cached row (`_causal_blocked`). Keys are

@@ -23,6 +23,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gca_jax.sharding import per_device_call
 
@@ -201,3 +202,66 @@ def chunk_attention(q, k, v, *, impl: str = "auto"):
   if name == "cudnn":
     return _per_device(_bidir_cudnn, q, k, v)
   return attention_reference(q, k, v, window=None, causal=False)
+
+
+def swa_with_prefix_xla(q_BxPxHxD, k_BxNxHxD, v_BxNxHxD, n_empty, window: int, qblock: int = 1024):
+  """`swa_with_prefix` in blocks of jnp: query block i (bq = max(qblock, W) rows) sees its own
+  bq + W - 1 key rows; scores [B, nb, H, bq, bq + W - 1] in float32."""
+  B, P, H, D = q_BxPxHxD.shape
+  N = k_BxNxHxD.shape[1]
+  Wc = N - P
+  bq = min(P, max(qblock, Wc + 1))
+  nb = -(-P // bq)
+  padq = nb * bq - P
+  pad = lambda x: jnp.pad(x, ((0, 0), (0, padq), (0, 0), (0, 0))) if padq else x
+  q, k, v = pad(q_BxPxHxD), pad(k_BxNxHxD), pad(v_BxNxHxD)
+  kidx = np.arange(nb)[:, None] * bq + np.arange(bq + Wc)[None, :]  # [nb, bq+Wc] key rows
+  qpos = Wc + np.arange(nb)[:, None] * bq + np.arange(bq)[None, :]  # [nb, bq] query rows
+  rel = qpos[:, :, None] - kidx[:, None, :]
+  band = jnp.asarray((rel >= 0) & (rel < window) & (qpos[:, :, None] < N))
+  mask = band & (jnp.asarray(kidx) >= n_empty)[:, None, :]  # [nb, bq, bq+Wc]
+  qb = q.reshape(B, nb, bq, H, D)
+  kb = jnp.take(k, jnp.asarray(kidx), axis=1)  # [B, nb, bq+Wc, H, D]
+  vb = jnp.take(v, jnp.asarray(kidx), axis=1)
+  s = jnp.einsum("bnqhd,bnkhd->bnhqk", qb, kb, preferred_element_type=jnp.float32)
+  s = jnp.where(mask[None, :, None], s / jnp.sqrt(jnp.float32(D)), _NEG)
+  pr = jax.nn.softmax(s, axis=-1)
+  o = jnp.einsum("bnhqk,bnkhd->bnqhd", pr.astype(vb.dtype), vb, preferred_element_type=jnp.float32)
+  return o.reshape(B, nb * bq, H, D)[:, :P].astype(q_BxPxHxD.dtype)
+
+
+def _swa_with_prefix_cudnn(q, k, v, window: int):
+  """One flash call over all N rows: the W-1 prefix rows get zero queries, their outputs dropped."""
+  Wc = k.shape[1] - q.shape[1]
+  q_all = jnp.concatenate([jnp.zeros((q.shape[0], Wc) + q.shape[2:], q.dtype), q], axis=1)
+  return _swa_cudnn(q_all, k, v, window)[:, Wc:]
+
+
+def _swa_no_prefix_cudnn(q, k, v, window: int):
+  """Every prefix row is empty (the stream's first segment): plain SWA over the P new rows."""
+  Wc = k.shape[1] - q.shape[1]
+  return _swa_cudnn(q, k[:, Wc:], v[:, Wc:], window)
+
+
+def swa_with_prefix(q_BxPxHxD, k_BxNxHxD, v_BxNxHxD, n_empty, window: int, *, qblock: int = 1024,
+                    impl: str = "auto"):
+  """Sliding-window attention of P new rows that follow N - P = W - 1 prefix rows (the streaming
+  window cache, docs/method.md §2.1). q [B,P,H,D] are sequence rows N-P .. N-1, k/v [B,N,H,D] all
+  N rows (RoPE applied by the caller); `n_empty` (traced int32) = prefix rows before the stream
+  start, never keys. -> [B,P,H,D]. impl "cudnn": one cuDNN call when the prefix is full
+  (n_empty = 0) or empty (n_empty = W - 1), the jnp path for a partly filled one (`lax.switch`);
+  other impls: jnp."""
+  B, P, H, D = q_BxPxHxD.shape
+  if k_BxNxHxD.shape != (B, P + window - 1, H, D) or v_BxNxHxD.shape != k_BxNxHxD.shape:
+    raise ValueError(f"swa_with_prefix: k/v must be [B, P + W - 1, H, D] = "
+                     f"{(B, P + window - 1, H, D)}, got {k_BxNxHxD.shape} / {v_BxNxHxD.shape}")
+  xla = functools.partial(swa_with_prefix_xla, window=window, qblock=qblock)
+  if resolve_attention_impl(impl, q_BxPxHxD) != "cudnn":
+    return xla(q_BxPxHxD, k_BxNxHxD, v_BxNxHxD, n_empty)
+  Wc = window - 1
+  full = lambda q, k, v, n: _per_device(
+      functools.partial(_swa_with_prefix_cudnn, window=window), q, k, v)
+  empty = lambda q, k, v, n: _per_device(
+      functools.partial(_swa_no_prefix_cudnn, window=window), q, k, v)
+  branch = jnp.where(n_empty == 0, 0, jnp.where(n_empty == Wc, 1, 2))
+  return jax.lax.switch(branch, [full, empty, xla], q_BxPxHxD, k_BxNxHxD, v_BxNxHxD, n_empty)

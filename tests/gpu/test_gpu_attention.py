@@ -7,8 +7,12 @@ Rows: $GCA_PARITY_OUT/attention_parity.jsonl and model_parity.jsonl.
 Run: JAX_PLATFORMS=cuda GCA_PARITY_OUT=out python -m pytest -m gpu tests/gpu
 """
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
+
+from gca_jax.ops import swa
 
 import _parity as P
 
@@ -36,3 +40,25 @@ def test_chunk_cudnn(case):
 def test_drt_swa_auto_is_cudnn_and_matches_xla():
   r = P.drt_row("drt_bf16_auto_vs_xla", "swa_impl", "auto", expect_auto="cudnn")
   assert r["ok"], P.explain(r)
+
+
+@pytest.mark.parametrize("rows,W", [(8064, 512), (1000, 128), (64, 128)])
+def test_swa_with_prefix_cudnn_matches_xla(rows, W):
+  """The streaming window-cache attention: cuDNN branches (prefix full / empty) and the jnp branch
+  (partly filled) against the jnp path in f32, bf16 inputs, every fill."""
+  Wc = W - 1
+  r = np.random.default_rng(rows + W)
+  q = jnp.asarray(r.standard_normal((2, rows, 12, 64)), jnp.bfloat16)
+  k, v = (jnp.asarray(r.standard_normal((2, rows + Wc, 12, 64)), jnp.bfloat16) for _ in range(2))
+  f32 = lambda x: x.astype(jnp.float32)
+  fast = jax.jit(lambda q, k, v, n: swa.swa_with_prefix(q, k, v, n, W, impl="cudnn"))
+  ref = jax.jit(lambda q, k, v, n: swa.swa_with_prefix(f32(q), f32(k), f32(v), n, W, impl="xla"))
+  for n_empty in (0, Wc // 3, Wc):
+    out = fast(q, k, v, jnp.int32(n_empty))
+    want = np.asarray(ref(q, k, v, jnp.int32(n_empty)))
+    got = np.asarray(f32(out))
+    assert np.isfinite(got).all(), n_empty
+    rel = np.linalg.norm(got - want) / np.linalg.norm(want)
+    P.record("attention_parity", dict(check="swa_with_prefix_cudnn", P=rows, W=W, n_empty=n_empty,
+                                      rel=float(rel), ok=bool(rel <= P.ATTN_TOL)))
+    assert rel <= P.ATTN_TOL, (n_empty, rel)
