@@ -8,6 +8,7 @@ process (clean peak-memory counters): the stream is built with its final capacit
 segment (compilation + first run) is timed apart, then the rest of the stream.
   - `total_s`  wall time of the whole stream, compilation included (the number the target is on)
   - `steady_tokens_per_s`  tokens after the first segment / their time
+  - `steady_tokens_per_s_by_position`  (stream position, tokens/s over the previous 1/16 of it)
 (`--loop_tokens` should be a multiple of both 63 and `--segment_len`, e.g. 32 x 8064.)
 The per-chunk loop is the same engine fed one chunk (63 text tokens) per step from Python, as
 the official code loops over chunks; `loop_ratio` = its time per token / ours, same length.
@@ -66,8 +67,13 @@ def worker(length: int, memory: str, segment_len: int, mem_block: int, config: s
   jax.block_until_ready(sums[-1])
   t_first = time.perf_counter() - t_start
   t1 = time.perf_counter()
+  marks = []  # (segments done, seconds since t1): throughput by stream position
+  every = max(1, (nseg - 1) // 16)
   for i in range(1, nseg):
     feed(i)
+    if i % every == 0:
+      jax.block_until_ready(sums[-1])
+      marks.append((i, round(time.perf_counter() - t1, 3)))
   total_nll = float(jnp.sum(jnp.stack(sums)))
   t_rest = time.perf_counter() - t1
   total = time.perf_counter() - t_start
@@ -96,7 +102,10 @@ def worker(length: int, memory: str, segment_len: int, mem_block: int, config: s
               state_device_GiB=round(mb["device"] / 2**30, 3),
               state_host_GiB=round(mb["host"] / 2**30, 3),
               host_maxrss_GiB=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
-              device=dev.device_kind, jax=jax.__version__, **host)
+              device=dev.device_kind, jax=jax.__version__, **host,
+              steady_tokens_per_s_by_position=[
+                  (i * segment_len, round(segment_len * (i - j) / max(t - u, 1e-9), 1))
+                  for (j, u), (i, t) in zip([(0, 0.0)] + marks[:-1], marks)])
 
 
 def main():
