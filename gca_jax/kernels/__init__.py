@@ -1,9 +1,12 @@
-"""Fused Pallas kernels for the GCA operator (docs/method.md §3), registered with `gca_jax.ops.gca`.
+"""Fused Pallas kernels, registered with the ops: the GCA operator (docs/method.md §3) with
+`gca_jax.ops.gca`, the streaming window-cache attention with `gca_jax.ops.swa`.
 
 * "pallas_triton" (`gca_triton.gca_triton`, exported as `pallas_triton`): GPU, Pallas Triton
   backend — platforms ("gpu",).
 * "pallas_tpu" (`gca_tpu.gca_tpu`, exported as `pallas_tpu`): TPU, Pallas Mosaic with scalar
   prefetch — platforms ("tpu",).
+* `swa_prefix` (`swa_prefix_triton.swa_prefix_triton`): GPU, Pallas Triton, the forward of
+  `ops.swa.swa_with_prefix` (streaming only).
 
 The kernel modules are imported lazily, on first use, and optionally: when a Pallas backend
 (`jax.experimental.pallas.triton` / `.tpu`) cannot be imported, `impl="auto"` falls back to the
@@ -24,11 +27,14 @@ import jax
 
 from gca_jax.ops.errors import UnsupportedGCAInput
 from gca_jax.ops.gca import register_gca_impl, registered_gca_impls
+from gca_jax.ops.swa import register_swa_prefix_kernel
 
 # name -> (module, kernel function, supports function, platforms)
 _KERNELS = {
     "pallas_triton": ("gca_jax.kernels.gca_triton", "gca_triton", "supports", ("gpu",)),
     "pallas_tpu": ("gca_jax.kernels.gca_tpu", "gca_tpu", "supports", ("tpu",)),
+    "swa_prefix_triton": ("gca_jax.kernels.swa_prefix_triton", "swa_prefix_triton", "supports",
+                          ("gpu",)),
 }
 _LOADED: dict[str, object] = {}
 _ERRORS: dict[str, str] = {}
@@ -69,7 +75,7 @@ def _supports(name: str):
     if mod is None:
       if name not in _WARNED and jax.default_backend() in _KERNELS[name][3]:
         _WARNED.add(name)
-        _log.warning("gca_jax: %s; GCA falls back to the XLA reference", _ERRORS[name])
+        _log.warning("gca_jax: %s; falling back to the XLA reference", _ERRORS[name])
       return _ERRORS[name]
     return getattr(mod, _KERNELS[name][2])(*args)
   return supports
@@ -79,6 +85,8 @@ pallas_triton = _kernel("pallas_triton")
 pallas_tpu = _kernel("pallas_tpu")
 supports_triton = _supports("pallas_triton")
 supports_tpu = _supports("pallas_tpu")
+swa_prefix = _kernel("swa_prefix_triton")
+supports_swa_prefix = _supports("swa_prefix_triton")
 
 
 def register() -> None:
@@ -87,16 +95,18 @@ def register() -> None:
     register_gca_impl("pallas_triton", pallas_triton, platforms=("gpu",), supports=supports_triton)
   if "pallas_tpu" not in registered_gca_impls():
     register_gca_impl("pallas_tpu", pallas_tpu, platforms=("tpu",), supports=supports_tpu)
+  register_swa_prefix_kernel(swa_prefix, supports_swa_prefix)
 
 
 register()
 
 
 def __getattr__(attr: str):
-  if attr in ("common", "gca_triton", "gca_tpu"):
+  if attr in ("common", "gca_triton", "gca_tpu", "swa_prefix_triton"):
     return importlib.import_module(f"gca_jax.kernels.{attr}")
   raise AttributeError(f"module 'gca_jax.kernels' has no attribute {attr!r}")
 
 
 __all__ = ["common", "gca_tpu", "gca_triton", "pallas_tpu", "pallas_triton", "register",
-           "supports_tpu", "supports_triton"]
+           "supports_swa_prefix", "supports_tpu", "supports_triton", "swa_prefix",
+           "swa_prefix_triton"]

@@ -230,38 +230,31 @@ def swa_with_prefix_xla(q_BxPxHxD, k_BxNxHxD, v_BxNxHxD, n_empty, window: int, q
   return o.reshape(B, nb * bq, H, D)[:, :P].astype(q_BxPxHxD.dtype)
 
 
-def _swa_with_prefix_cudnn(q, k, v, window: int):
-  """One flash call over all N rows: the W-1 prefix rows get zero queries, their outputs dropped."""
-  Wc = k.shape[1] - q.shape[1]
-  q_all = jnp.concatenate([jnp.zeros((q.shape[0], Wc) + q.shape[2:], q.dtype), q], axis=1)
-  return _swa_cudnn(q_all, k, v, window)[:, Wc:]
+# The GPU kernel of `swa_with_prefix` (registered by `gca_jax.kernels`; ops never imports it):
+# (fn(q, k, v, n_empty, window) -> o, supports(q, k, v, window) -> None | reason).
+_PREFIX_KERNEL: dict = {}
 
 
-def _swa_no_prefix_cudnn(q, k, v, window: int):
-  """Every prefix row is empty (the stream's first segment): plain SWA over the P new rows."""
-  Wc = k.shape[1] - q.shape[1]
-  return _swa_cudnn(q, k[:, Wc:], v[:, Wc:], window)
+def register_swa_prefix_kernel(fn, supports) -> None:
+  """Registers the GPU kernel of `swa_with_prefix` (replaces a previous one)."""
+  _PREFIX_KERNEL["gpu"] = (fn, supports)
 
 
 def swa_with_prefix(q_BxPxHxD, k_BxNxHxD, v_BxNxHxD, n_empty, window: int, *, qblock: int = 1024,
                     impl: str = "auto"):
   """Sliding-window attention of P new rows that follow N - P = W - 1 prefix rows (the streaming
-  window cache, docs/method.md §2.1). q [B,P,H,D] are sequence rows N-P .. N-1, k/v [B,N,H,D] all
-  N rows (RoPE applied by the caller); `n_empty` (traced int32) = prefix rows before the stream
-  start, never keys. -> [B,P,H,D]. impl "cudnn": one cuDNN call when the prefix is full
-  (n_empty = 0) or empty (n_empty = W - 1), the jnp path for a partly filled one (`lax.switch`);
-  other impls: jnp."""
+  window cache, docs/method.md §2.1, §8). q [B,P,H,D] are sequence rows N-P .. N-1, k/v [B,N,H,D]
+  all N rows (RoPE applied by the caller); `n_empty` (traced int32) = prefix rows before the
+  stream start, never keys. -> [B,P,H,D]. On GPU, where `impl` resolves to "cudnn", the
+  registered Pallas kernel (`gca_jax.kernels.swa_prefix_triton`: one compile for all layers)
+  when it supports the inputs; otherwise the blocked jnp path `swa_with_prefix_xla`."""
   B, P, H, D = q_BxPxHxD.shape
   if k_BxNxHxD.shape != (B, P + window - 1, H, D) or v_BxNxHxD.shape != k_BxNxHxD.shape:
     raise ValueError(f"swa_with_prefix: k/v must be [B, P + W - 1, H, D] = "
                      f"{(B, P + window - 1, H, D)}, got {k_BxNxHxD.shape} / {v_BxNxHxD.shape}")
-  xla = functools.partial(swa_with_prefix_xla, window=window, qblock=qblock)
-  if resolve_attention_impl(impl, q_BxPxHxD) != "cudnn":
-    return xla(q_BxPxHxD, k_BxNxHxD, v_BxNxHxD, n_empty)
-  Wc = window - 1
-  full = lambda q, k, v, n: _per_device(
-      functools.partial(_swa_with_prefix_cudnn, window=window), q, k, v)
-  empty = lambda q, k, v, n: _per_device(
-      functools.partial(_swa_no_prefix_cudnn, window=window), q, k, v)
-  branch = jnp.where(n_empty == 0, 0, jnp.where(n_empty == Wc, 1, 2))
-  return jax.lax.switch(branch, [full, empty, xla], q_BxPxHxD, k_BxNxHxD, v_BxNxHxD, n_empty)
+  if resolve_attention_impl(impl, q_BxPxHxD) == "cudnn" and "gpu" in _PREFIX_KERNEL:
+    fn, supports = _PREFIX_KERNEL["gpu"]
+    if supports(q_BxPxHxD, k_BxNxHxD, v_BxNxHxD, window) is None:
+      n = jnp.asarray(n_empty, jnp.int32)
+      return _per_device(lambda q, k, v: fn(q, k, v, n, window), q_BxPxHxD, k_BxNxHxD, v_BxNxHxD)
+  return swa_with_prefix_xla(q_BxPxHxD, k_BxNxHxD, v_BxNxHxD, n_empty, window, qblock=qblock)

@@ -42,23 +42,31 @@ def test_drt_swa_auto_is_cudnn_and_matches_xla():
   assert r["ok"], P.explain(r)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 @pytest.mark.parametrize("rows,W", [(8064, 512), (1000, 128), (64, 128)])
-def test_swa_with_prefix_cudnn_matches_xla(rows, W):
-  """The streaming window-cache attention: cuDNN branches (prefix full / empty) and the jnp branch
-  (partly filled) against the jnp path in f32, bf16 inputs, every fill."""
+def test_swa_with_prefix_kernel_matches_xla(rows, W, dtype):
+  """The streaming window-cache attention kernel (kernels/swa_prefix_triton.py, compiled) against
+  the jnp path in f32, every prefix fill, poisoned output buffer; bf16 also through the op's
+  dispatch (impl="cudnn" -> the registered kernel)."""
+  from gca_jax.kernels.swa_prefix_triton import swa_prefix_triton
   Wc = W - 1
   r = np.random.default_rng(rows + W)
-  q = jnp.asarray(r.standard_normal((2, rows, 12, 64)), jnp.bfloat16)
-  k, v = (jnp.asarray(r.standard_normal((2, rows + Wc, 12, 64)), jnp.bfloat16) for _ in range(2))
+  dt = jnp.dtype(dtype)
+  q = jnp.asarray(r.standard_normal((2, rows, 12, 64)), dt)
+  k, v = (jnp.asarray(r.standard_normal((2, rows + Wc, 12, 64)), dt) for _ in range(2))
   f32 = lambda x: x.astype(jnp.float32)
-  fast = jax.jit(lambda q, k, v, n: swa.swa_with_prefix(q, k, v, n, W, impl="cudnn"))
+  kern = jax.jit(lambda q, k, v, n: swa_prefix_triton(q, k, v, n, W, poison_outputs=True))
+  op = jax.jit(lambda q, k, v, n: swa.swa_with_prefix(q, k, v, n, W, impl="cudnn"))
   ref = jax.jit(lambda q, k, v, n: swa.swa_with_prefix(f32(q), f32(k), f32(v), n, W, impl="xla"))
+  tol = P.KERNEL_TOL[dtype]
   for n_empty in (0, Wc // 3, Wc):
-    out = fast(q, k, v, jnp.int32(n_empty))
-    want = np.asarray(ref(q, k, v, jnp.int32(n_empty)))
-    got = np.asarray(f32(out))
-    assert np.isfinite(got).all(), n_empty
-    rel = np.linalg.norm(got - want) / np.linalg.norm(want)
-    P.record("attention_parity", dict(check="swa_with_prefix_cudnn", P=rows, W=W, n_empty=n_empty,
-                                      rel=float(rel), ok=bool(rel <= P.ATTN_TOL)))
-    assert rel <= P.ATTN_TOL, (n_empty, rel)
+    n = jnp.int32(n_empty)
+    want = np.asarray(ref(q, k, v, n))
+    outs = [kern(q, k, v, n)] + ([op(q, k, v, n)] if dtype == "bfloat16" else [])
+    for got in outs:
+      got = np.asarray(f32(got))
+      assert np.isfinite(got).all(), n_empty
+      rel = np.linalg.norm(got - want) / np.linalg.norm(want)
+      P.record("attention_parity", dict(check="swa_with_prefix_kernel", dtype=dtype, P=rows, W=W,
+                                        n_empty=n_empty, rel=float(rel), ok=bool(rel <= tol)))
+      assert rel <= tol, (n_empty, rel)
