@@ -276,3 +276,36 @@ def test_run_config_format_field(shard_dir, tmp_path):
     rc.validate(c, num_devices=1)
   c.data.format = "auto"
   rc.validate(c, num_devices=1)
+
+
+def test_trainer_data_from_shards_equals_text(shard_dir, tmp_path):
+  """The trainer's `build_data` (unchanged) reads a shard dir through `tokenize_corpus`: same
+  training batches, eval windows and corpus report as the text corpus it was made from."""
+  from gca_jax.train import run_config as rc
+  from gca_jax.train.trainer import build_data
+  c = rc.base_config()
+  c.data.seq_len, c.data.tokenizer, c.data.cache_dir = SEQ, SHIPPED, ""
+  c.data.passkey_fraction = 0.25
+  c.train.global_batch_size = 4
+  out = {}
+  for name, path in (("text", VALID), ("shards", shard_dir)):
+    c.data.train_path = c.data.eval_path = path
+    mcfg = rc.validate(c, num_devices=1)
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    d = build_data(c, mcfg, run_dir=str(run_dir))
+    it = iter(d.train_ds)
+    out[name] = (d, [next(it) for _ in range(3)],
+                 json.loads((run_dir / "corpus_report.json").read_text()))
+  (dt, bt, rt), (ds, bs, rs) = out["text"], out["shards"]
+  assert dt.train_tokens == ds.train_tokens == 24375
+  np.testing.assert_array_equal(dt.eval_tokens, ds.eval_tokens)
+  for k in dt.eval_windows:
+    np.testing.assert_array_equal(dt.eval_windows[k], ds.eval_windows[k])
+  for x, y in zip(bt, bs):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  for r in (rt, rs):
+    for split in r.values():
+      split.pop("from_cache"), split.pop("path")
+  assert rt == rs
