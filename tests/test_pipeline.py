@@ -274,3 +274,47 @@ def test_eval_windows():
   np.testing.assert_array_equal(ev["targets"], np.arange(1, 41).reshape(5, 8))
   assert ev["loss_weights"].sum() == 40.0
   assert make_eval_windows(tokens, 8, 1000)["inputs"].shape == (12, 8)
+
+
+# --- corpus globs and per-file reading (scripts/pretokenize.py) ----------------------------
+
+
+def test_glob_corpus(tmp_path):
+  for d in ("p1", "p2", "q"):
+    (tmp_path / d).mkdir()
+    (tmp_path / d / "x.txt").write_text(d)
+  (tmp_path / "p1" / "deep").mkdir()
+  (tmp_path / "p1" / "deep" / "y.md").write_text("deep")
+  (tmp_path / "p3.txt").write_text("p3")
+  (tmp_path / "p4.csv").write_text("no")
+  docs, stats = read_documents(str(tmp_path / "p*"))
+  assert docs == ["deep", "p1", "p2", "p3"]
+  assert (stats.files, stats.ignored_files, stats.path) == (4, 1, str(tmp_path / "p*"))
+  docs, _ = read_documents(str(tmp_path / "*" / "x.txt"))
+  assert docs == ["p1", "p2", "q"]
+  with pytest.raises(CorpusError, match=r"matches no files"):
+    read_documents(str(tmp_path / "z*"))
+  with pytest.raises(CorpusError, match=r"'\*\*' is not supported"):
+    read_documents(str(tmp_path / "**" / "x.txt"))
+
+
+def test_glob_cache_key_differs_from_dir(tmp_path, tok):
+  (tmp_path / "c").mkdir()
+  (tmp_path / "c" / "a.txt").write_text("alpha beta")
+  (tmp_path / "c" / "b.txt").write_text("gamma")
+  cache = tmp_path / "cache"
+  whole = tokenize_corpus(tmp_path / "c", tok, cache)
+  part = tokenize_corpus(str(tmp_path / "c" / "a*"), tok, cache)
+  assert part.cache_path != whole.cache_path and not part.from_cache
+  np.testing.assert_array_equal(part.tokens, tok.encode("alpha beta") + [tok.eot_id])
+  assert tokenize_corpus(str(tmp_path / "c" / "a*"), tok, cache).from_cache
+
+
+def test_stats_add_merges_files_in_order():
+  from gca_jax.data.corpus import CorpusStats
+  a = CorpusStats(path="p", files=1, documents=2, chars=10, empty=1, examples={"empty": ["x"]})
+  b = CorpusStats(path="q", files=2, documents=1, chars=5, empty=5, non_utf8=1,
+                  examples={"empty": ["y1", "y2", "y3", "y4", "y5"], "non_utf8": ["z"]})
+  a.add(b)
+  assert (a.path, a.files, a.documents, a.chars, a.empty, a.non_utf8) == ("p", 3, 3, 15, 6, 1)
+  assert a.examples == {"empty": ["x", "y1", "y2", "y3", "y4"], "non_utf8": ["z"]}

@@ -1,10 +1,12 @@
 """Reading a text corpus into documents (docs/method.md §4: books, one document each).
 
 A corpus path is a text file (one document), a JSONL file (one document per line, the text in
-field `text_field`), or a directory searched recursively for `*.txt`, `*.md` (one document per
-file) and `*.jsonl` files, sorted by path components (`a/x.txt` before `a.txt`). Names
-starting with "." are skipped in directories. Unusable input is skipped and counted in
-`CorpusStats`, never silently lost.
+field `text_field`), a directory searched recursively for `*.txt`, `*.md` (one document per
+file) and `*.jsonl` files, or a glob (`*`, `?`, `[...]`; no `**`) whose matches are such files or
+directories. Files are sorted by path components (`a/x.txt` before `a.txt`) relative to the
+root (the directory, or the glob's part before its first wildcard); names starting with "." are
+skipped in directories. Paths go through `etils.epath`, so `gs://...` works where epath can
+reach it. Unusable input is skipped and counted in `CorpusStats`, never silently lost.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from pathlib import Path
+import re
+
+from etils import epath
 
 TEXT_SUFFIXES = (".txt", ".md")
+GLOB_CHARS = re.compile(r"[*?\[]")
 JSONL_SUFFIXES = (".jsonl",)
 MAX_EXAMPLES = 5
 
@@ -73,30 +78,86 @@ class CorpusStats:
   def from_dict(cls, d: dict) -> "CorpusStats":
     return cls(**d)
 
+  def add(self, other: "CorpusStats") -> None:
+    """Adds the counts of `other` (one more file's stats) and its example names, up to 5."""
+    for f in ("files", "documents", "chars", "empty", "non_utf8", "bad_json", "missing_field",
+              "ignored_files"):
+      setattr(self, f, getattr(self, f) + getattr(other, f))
+    for reason, names in other.examples.items():
+      mine = self.examples.setdefault(reason, [])
+      mine.extend(names[:MAX_EXAMPLES - len(mine)])
 
-def list_corpus_files(path: str | os.PathLike) -> tuple[list[Path], int]:
-  """Files `read_documents` would read, sorted, and the count of ignored directory files."""
-  p = Path(path)
-  if not p.exists():
-    raise CorpusError(f"corpus path {str(p)!r} does not exist")
-  if p.is_file():
-    return [p], 0
-  files, ignored = [], 0
-  for f in sorted(p.rglob("*")):
-    rel = f.relative_to(p)
-    if any(part.startswith(".") for part in rel.parts) or not f.is_file():
+
+def _sort_key(f: epath.Path, root: epath.Path) -> tuple[str, ...]:
+  return f.relative_to(root).parts if f != root else (f.name,)
+
+
+def _walk(d: epath.Path, root: epath.Path, files: list, counts: list) -> None:
+  for f in d.iterdir():
+    if f.name.startswith("."):
       continue
-    if f.suffix.lower() in TEXT_SUFFIXES + JSONL_SUFFIXES:
+    if f.is_dir():
+      _walk(f, root, files, counts)
+    elif not f.is_file():
+      continue
+    elif f.suffix.lower() in TEXT_SUFFIXES + JSONL_SUFFIXES:
       files.append(f)
     else:
-      ignored += 1
+      counts[0] += 1
+
+
+def corpus_root(path: str | os.PathLike) -> epath.Path:
+  """The directory names are relative to: `path` itself, or a glob's part before its first
+  wildcard (a file's root is the file)."""
+  s = os.fspath(path)
+  m = GLOB_CHARS.search(s)
+  if m is None:
+    return epath.Path(s)
+  head = s[:m.start()]
+  return epath.Path(head[:head.rfind("/") + 1] or ".")
+
+
+def list_corpus_files(path: str | os.PathLike) -> tuple[list[epath.Path], int]:
+  """Files `read_documents` would read, sorted, and the count of ignored directory files."""
+  s = os.fspath(path)
+  root = corpus_root(s)
+  if GLOB_CHARS.search(s) is None:
+    if not root.exists():
+      raise CorpusError(f"corpus path {s!r} does not exist")
+    if not root.is_dir():
+      return [root], 0
+    tops = [root]
+  else:
+    if "**" in s:
+      raise CorpusError(f"corpus glob {s!r}: '**' is not supported (a directory is searched "
+                        f"recursively; glob the directories instead)")
+    pattern = s[len(os.fspath(root)):].lstrip("/") if s.startswith(os.fspath(root)) else s
+    tops = sorted(root.glob(pattern), key=lambda f: _sort_key(f, root))
+    if not tops:
+      raise CorpusError(f"corpus glob {s!r} matches no files")
+  files: list[epath.Path] = []
+  counts = [0]
+  for t in tops:
+    if t.is_dir():
+      _walk(t, root, files, counts)
+    elif t.suffix.lower() in TEXT_SUFFIXES + JSONL_SUFFIXES:
+      files.append(t)
+    else:
+      counts[0] += 1
+  files.sort(key=lambda f: _sort_key(f, root))
   if not files:
-    raise CorpusError(f"corpus directory {str(p)!r} holds no *.txt, *.md or *.jsonl files "
-                      f"({ignored} files with other suffixes ignored)")
-  return files, ignored
+    raise CorpusError(f"corpus {'directory' if GLOB_CHARS.search(s) is None else 'glob'} {s!r} "
+                      f"holds no *.txt, *.md or *.jsonl files ({counts[0]} files with other "
+                      f"suffixes ignored)")
+  return files, counts[0]
 
 
-def _read_text(f: Path, name: str, stats: CorpusStats) -> str | None:
+def file_name(f: epath.Path, root: epath.Path) -> str:
+  """How reports name file `f` of the corpus at `root`: relative to it (a single file: its name)."""
+  return f.name if f == root else f.relative_to(root).as_posix()
+
+
+def _read_text(f: epath.Path, name: str, stats: CorpusStats) -> str | None:
   try:
     return f.read_bytes().decode("utf-8")
   except UnicodeDecodeError:
@@ -128,6 +189,22 @@ def _jsonl_documents(text: str, name: str, text_field: str, stats: CorpusStats) 
   return docs
 
 
+def read_file_documents(f: epath.Path, name: str, stats: CorpusStats, *,
+                        text_field: str = "text") -> list[str]:
+  """The documents of one corpus file (text: one; JSONL: one per usable line); skips are
+  counted in `stats` (its `files` +1; `documents`/`chars` are left to the caller)."""
+  stats.files += 1
+  text = _read_text(f, name, stats)
+  if text is None:
+    return []
+  if f.suffix.lower() in JSONL_SUFFIXES:
+    return _jsonl_documents(text, name, text_field, stats)
+  if not text.strip():
+    stats._skip("empty", name)
+    return []
+  return [text]
+
+
 def read_documents(path: str | os.PathLike, *, text_field: str = "text"
                    ) -> tuple[list[str], CorpusStats]:
   """All documents under `path` in sorted file order, and what was read and skipped.
@@ -136,23 +213,14 @@ def read_documents(path: str | os.PathLike, *, text_field: str = "text"
   Raises CorpusError naming the path and the skip counts when no usable document remains.
   """
   files, ignored = list_corpus_files(path)
-  root = Path(path)
-  stats = CorpusStats(path=str(root), ignored_files=ignored)
+  root = corpus_root(path)
+  s = os.fspath(path)
+  stats = CorpusStats(path=s if GLOB_CHARS.search(s) else str(root), ignored_files=ignored)
   docs: list[str] = []
   for f in files:
-    name = f.name if f == root else f.relative_to(root).as_posix()
-    stats.files += 1
-    text = _read_text(f, name, stats)
-    if text is None:
-      continue
-    if f.suffix.lower() in JSONL_SUFFIXES:
-      docs.extend(_jsonl_documents(text, name, text_field, stats))
-    elif not text.strip():
-      stats._skip("empty", name)
-    else:
-      docs.append(text)
+    docs.extend(read_file_documents(f, file_name(f, root), stats, text_field=text_field))
   stats.documents = len(docs)
   stats.chars = sum(len(d) for d in docs)
   if not docs:
-    raise CorpusError(f"corpus {str(root)!r} has no usable documents: {stats.summary()}")
+    raise CorpusError(f"corpus {stats.path!r} has no usable documents: {stats.summary()}")
   return docs, stats

@@ -1,6 +1,8 @@
 """Token stream and Grain input pipelines for training and evaluation (docs/method.md §4).
 
-The corpus becomes one flat int32 stream: each document's ids followed by `eot_id`. Training
+The corpus becomes one flat int32 stream: each document's ids followed by `eot_id`, from the
+text files (`tokenize_corpus`, optionally cached) or from a shard dir that scripts/pretokenize.py
+wrote (`gca_jax.data.shards`: the same stream in ArrayRecord files, read lazily). Training
 samples are windows of seq_len+1 tokens starting at multiples of seq_len (window i covers
 stream[i*seq_len : (i+1)*seq_len + 1]; consecutive windows share one token, so every stream
 token after the first is a target exactly once per epoch): inputs = window[:-1],
@@ -24,37 +26,50 @@ from pathlib import Path
 import grain
 import grain.experimental
 import numpy as np
+from etils import epath
 
-from gca_jax.data.corpus import CorpusError, CorpusStats, list_corpus_files, read_documents
+from gca_jax.data.corpus import (CorpusError, CorpusStats, corpus_root, file_name,
+                                 list_corpus_files, read_documents)
+from gca_jax.data.shards import ShardTokens, is_shard_dir, manifest_stats, open_shards
 from gca_jax.data.passkey import PasskeyConfig, insert_passkey
 from gca_jax.data.recall import TextFiller, check_mix, make_batch
 from gca_jax.data.tokenizer import Tokenizer
 
 CACHE_VERSION = 1
 ENCODE_BATCH = 64
+FORMATS = ("auto", "text", "arrayrecord")
 
 
 @dataclasses.dataclass(frozen=True)
 class TokenStream:
-  """tokens: int32[N] (documents joined, `eot_id` after each); where it came from."""
+  """tokens: int32[N] (documents joined, `eot_id` after each), an array or the `ShardTokens` of
+  a shard dir (`shards`: its path); where it came from."""
 
-  tokens: np.ndarray
+  tokens: np.ndarray | ShardTokens
   num_documents: int
   stats: CorpusStats
   cache_path: str | None = None
   from_cache: bool = False
+  shards: str | None = None
+
+
+def _size_mtime(f: epath.Path) -> tuple[int, int]:
+  """(bytes, mtime in ns) of a local file; (bytes, mtime in s) through epath otherwise."""
+  if "://" in os.fspath(f):
+    st = f.stat()
+    return st.length, st.mtime
+  st = os.stat(f)
+  return st.st_size, st.st_mtime_ns
 
 
 def _cache_key(path: str | os.PathLike, tokenizer: Tokenizer, text_field: str) -> str:
   files, _ = list_corpus_files(path)
-  root = Path(path)
-  entries = []
-  for f in files:
-    st = f.stat()
-    entries.append([f.name if f == root else f.relative_to(root).as_posix(), st.st_size,
-                    st.st_mtime_ns])
-  blob = json.dumps({"version": CACHE_VERSION, "root": str(root.resolve()), "files": entries,
-                     "tokenizer": tokenizer.sha256, "text_field": text_field}, sort_keys=True)
+  root = corpus_root(path)
+  entries = [[file_name(f, root), *_size_mtime(f)] for f in files]
+  glob = "" if os.fspath(root) == os.fspath(path) else os.fspath(path)[len(os.fspath(root)):]
+  blob = json.dumps({"version": CACHE_VERSION, "root": os.fspath(root.resolve()) + glob,
+                     "files": entries, "tokenizer": tokenizer.sha256, "text_field": text_field},
+                    sort_keys=True)
   return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -65,15 +80,36 @@ def _atomic_write(path: Path, write) -> None:
   os.replace(tmp, path)
 
 
+def resolve_format(path: str | os.PathLike, format: str = "auto") -> str:
+  """"text" or "arrayrecord" for corpus `path`: "auto" is "arrayrecord" when `path` is a shard
+  dir (holds manifest.json). CorpusError when `format` does not fit `path`."""
+  if format not in FORMATS:
+    raise ValueError(f"format={format!r} must be one of {FORMATS}")
+  shards = is_shard_dir(path)
+  if format == "text" and shards:
+    raise CorpusError(f"{os.fspath(path)!r} is a shard dir (it holds manifest.json) but "
+                      f"format='text' was asked: use format 'arrayrecord' or 'auto'")
+  if format == "arrayrecord" and not shards:
+    raise CorpusError(f"{os.fspath(path)!r} is not a shard dir (no manifest.json) but "
+                      f"format='arrayrecord' was asked: write one with scripts/pretokenize.py")
+  return "arrayrecord" if shards else "text"
+
+
 def tokenize_corpus(path: str | os.PathLike, tokenizer: Tokenizer,
-                    cache_dir: str | os.PathLike | None = None, *, text_field: str = "text"
-                    ) -> TokenStream:
+                    cache_dir: str | os.PathLike | None = None, *, text_field: str = "text",
+                    format: str = "auto") -> TokenStream:
   """Encode every document of `path` (see `read_documents`) into one int32 stream.
 
+  A shard dir (`resolve_format`) is not re-tokenized: its `ShardTokens` (nothing read yet) is
+  returned, after checking that `tokenizer` is the one the shards were made with (ShardError).
   With `cache_dir`, the stream is stored as `<cache_dir>/<key>.npy` (plus `<key>.json` with
   the corpus stats), key = hash of (file list, sizes, mtimes, tokenizer model hash,
   text_field); a later call with an unchanged corpus memory-maps it instead of re-tokenizing.
   """
+  if resolve_format(path, format) == "arrayrecord":
+    tokens = open_shards(path, tokenizer)
+    return TokenStream(tokens=tokens, num_documents=tokens.num_documents,
+                       stats=manifest_stats(tokens.manifest), shards=os.fspath(path))
   npy = meta = None
   if cache_dir is not None:
     key = _cache_key(path, tokenizer, text_field)
@@ -102,6 +138,36 @@ def tokenize_corpus(path: str | os.PathLike, tokenizer: Tokenizer,
 def num_windows(num_tokens: int, seq_len: int) -> int:
   """Windows of seq_len+1 tokens at stride seq_len that fit in `num_tokens`."""
   return max(0, (num_tokens - 1) // seq_len)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessSlice:
+  """Windows [first_window, first_window + num_windows) of seq_len, one process's share;
+  `tokens` is the stream (for a shard stream, a view of this slice's tokens only)."""
+
+  first_window: int
+  num_windows: int
+  seq_len: int
+  tokens: np.ndarray | ShardTokens
+
+  @property
+  def token_range(self) -> tuple[int, int]:
+    """[lo, hi): the stream positions its windows cover (neighbour slices share one token)."""
+    return (self.first_window * self.seq_len,
+            (self.first_window + self.num_windows) * self.seq_len + 1)
+
+
+def process_slice(tokens: np.ndarray | ShardTokens, seq_len: int, process_index: int,
+                  process_count: int) -> ProcessSlice:
+  """Process `process_index`'s contiguous share of the num_windows(len(tokens), seq_len)
+  windows split into `process_count` equal parts (the remainder is dropped). For `ShardTokens`
+  the slice's `tokens` is `restrict`ed to its windows' tokens, so the process opens only the
+  shard files those lie in."""
+  per = num_windows(len(tokens), seq_len) // process_count
+  first = process_index * per
+  if isinstance(tokens, ShardTokens) and per > 0:
+    tokens = tokens.restrict(first * seq_len, (first + per) * seq_len + 1)
+  return ProcessSlice(first, per, seq_len, tokens)
 
 
 def _positive_int(name: str, v) -> int:
@@ -144,7 +210,7 @@ class _MixPasskey:
     return {"inputs": w[:-1], "targets": w[1:], "loss_weights": weights, "answer_mask": mask}
 
 
-def make_train_dataset(tokens: np.ndarray, *, seq_len: int, global_batch_size: int, seed: int,
+def make_train_dataset(tokens: np.ndarray | ShardTokens, *, seq_len: int, global_batch_size: int, seed: int,
                        process_index: int = 0, process_count: int = 1,
                        passkey: PasskeyConfig | None = None, tokenizer: Tokenizer | None = None,
                        num_epochs: int | None = None) -> grain.IterDataset:
@@ -153,8 +219,9 @@ def make_train_dataset(tokens: np.ndarray, *, seq_len: int, global_batch_size: i
   Yields {"inputs": int32[b, seq_len], "targets": int32[b, seq_len],
   "loss_weights": float32[b, seq_len]} with b = global_batch_size // process_count; with
   `passkey` also "answer_mask" float32[b, seq_len] (1 at each passkey answer's first target).
-  The windows are split into `process_count` equal contiguous shards (remainder dropped);
-  process p reads shard p only, reshuffled every epoch with a seed derived from
+  The windows are split into `process_count` equal contiguous shards (remainder dropped,
+  `process_slice`); process p reads shard p only (a `ShardTokens` stream: only the records of
+  shard p's tokens), reshuffled every epoch with a seed derived from
   (seed, process_index); `num_epochs=None` repeats forever. With `passkey`, a fraction of the
   windows become passkey samples (a seeded `random_map`, so deterministic; needs `tokenizer`).
   `iter(ds)` supports get_state()/set_state() for exact resumption.
@@ -174,7 +241,8 @@ def make_train_dataset(tokens: np.ndarray, *, seq_len: int, global_batch_size: i
   if passkey is not None and tokenizer is None:
     raise ValueError("passkey mixing needs the tokenizer (tokenizer=None given)")
   b = global_batch_size // process_count
-  per_process = num_windows(len(tokens), seq_len) // process_count
+  share = process_slice(tokens, seq_len, process_index, process_count)
+  per_process = share.num_windows
   if per_process < 1:
     raise CorpusError(f"token stream too short: {process_count} process(es) x 1 window of "
                       f"seq_len+1={seq_len + 1} need {process_count * seq_len + 1} tokens, "
@@ -190,9 +258,9 @@ def make_train_dataset(tokens: np.ndarray, *, seq_len: int, global_batch_size: i
                    answer_offset=passkey.answer_offset)
   shuffle_seed, map_seed = (int(x) for x in
                             np.random.SeedSequence([seed, process_index]).generate_state(2))
-  start = process_index * per_process
+  start = share.first_window
   ds = grain.MapDataset.range(start, start + per_process).shuffle(seed=shuffle_seed)
-  ds = ds.repeat(num_epochs).map(_Window(tokens, seq_len, answer_mask=passkey is not None))
+  ds = ds.repeat(num_epochs).map(_Window(share.tokens, seq_len, answer_mask=passkey is not None))
   if passkey is not None:
     ds = ds.random_map(_MixPasskey(passkey, tokenizer), seed=map_seed)
   return ds.to_iter_dataset().batch(b, drop_remainder=True)

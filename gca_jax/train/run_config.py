@@ -8,7 +8,9 @@ command line as `--config.section.field=value`). Sections:
               training sample), passkey_fraction (share of training samples rewritten as passkey
               samples, docs/method.md §4), passkey_key_len (10), passkey_answer_offset (4), cache_dir
               (token-stream cache; "" = none), shuffle_seed, eval_windows (held-out windows of
-              seq_len scored at each in-training eval).
+              seq_len scored at each in-training eval), format ("auto" | "text" | "arrayrecord":
+              whether train_path and eval_path are text corpora or shard dirs written by
+              scripts/pretokenize.py; "auto" tells each path by its manifest.json).
   train       steps, global_batch_size, grad_accum, lr, lr_end_frac, warmup_frac, b1, b2, eps,
               weight_decay, weight_decay_mask ("all" | "matrices"), clip (<= 0: off), seed,
               log_every, eval_every (0: only at the end; -1: never), eval_batch_size,
@@ -62,6 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
       shuffle_seed=0,
       eval_windows=16,
       num_workers=0,
+      format="auto",
   ))
   c.data.recall = ml_collections.ConfigDict(dict(
       p_single=0.0,
@@ -239,16 +242,31 @@ def _float(config, name: str, lo: float | None = None, hi: float | None = None,
 
 
 def _path(config, name: str, *, required: bool = True, kind: str = "any") -> None:
+  from etils import epath
   sec, field = name.split(".")
   v = config[sec][field]
   if not isinstance(v, str) or not v:
     if required:
       _fail(name, v, "must be a non-empty path")
     return
-  if not os.path.exists(v):
+  from gca_jax.data.corpus import GLOB_CHARS
+  if GLOB_CHARS.search(v) is None and not epath.Path(v).exists():
     _fail(name, v, f"path does not exist (cwd: {os.getcwd()})")
-  if kind == "file" and not os.path.isfile(v):
+  if kind == "file" and not epath.Path(v).is_file():
     _fail(name, v, "must be a file")
+
+
+def _data_format(config, name: str) -> None:
+  """config.data.<name> is a shard dir iff config.data.format is "arrayrecord"."""
+  from gca_jax.data.shards import is_shard_dir
+  v, fmt = config.data[name], config.data.format
+  shard = is_shard_dir(v)
+  if fmt == "arrayrecord" and not shard:
+    _fail(f"data.{name}", v, "is not a shard dir (no manifest.json) but config.data.format="
+          "'arrayrecord': write one with scripts/pretokenize.py, or set format 'auto'")
+  if fmt == "text" and shard:
+    _fail(f"data.{name}", v, "is a shard dir (holds manifest.json) but config.data.format="
+          "'text': set format 'arrayrecord' or 'auto'")
 
 
 def validate(config, *, num_devices: int | None = None, check_paths: bool = True,
@@ -334,6 +352,9 @@ def validate(config, *, num_devices: int | None = None, check_paths: bool = True
   if not isinstance(config.data.cache_dir, str):
     _fail("data.cache_dir", config.data.cache_dir, "must be a path string ('' = no cache)")
   _int(config, "data.num_workers", minimum=0)
+  from gca_jax.data.pipeline import FORMATS
+  if config.data.get("format", "auto") not in FORMATS:
+    _fail("data.format", config.data.format, f"must be one of {FORMATS}")
   _validate_recall(config, mcfg, seq_len)
 
   # checkpoint
@@ -347,6 +368,10 @@ def validate(config, *, num_devices: int | None = None, check_paths: bool = True
     _path(config, "data.tokenizer", kind="file")
     if config.train.eval_every >= 0:
       _path(config, "data.eval_path")
+    if config.data.get("format", "auto") != "auto":
+      _data_format(config, "train_path")
+      if config.train.eval_every >= 0:
+        _data_format(config, "eval_path")
     if tokenizer_vocab is None:
       from gca_jax.data import Tokenizer
       try:
