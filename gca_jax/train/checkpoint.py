@@ -38,6 +38,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from typing import Any, Callable
 
 import grain
@@ -66,29 +67,38 @@ class CheckpointDamagedError(CheckpointError):
 
 
 # -- Orbax / asyncio noise of a failed read ------------------------------------------------------
-# A read error makes Orbax close its event loop while TensorStore reads are still in flight; their
-# completion callbacks then fail with "Event loop is closed" (sys.unraisablehook, one traceback
-# each) and the abandoned tasks are logged as "Task exception was never retrieved". Both are
-# dropped; the error itself is raised once as a CheckpointError.
+# A read error makes Orbax close its event loop while TensorStore reads are still in flight:
+# their completion callbacks fail with "Event loop is closed" (sys.unraisablehook, a traceback
+# each), abandoned read coroutines raise when finalised (unraisable) or are reported as never
+# awaited (RuntimeWarning), and their tasks / futures are logged as "... exception was never
+# retrieved". All of it is dropped; the error itself is raised once, as a CheckpointError.
 
 class _DropRecords(logging.Filter):
-  def __init__(self, needles: tuple[str, ...]):
+  """Drops records whose message contains `needle` and (if given) one of `any_of`."""
+
+  def __init__(self, needle: str, any_of: tuple[str, ...] = ()):
     super().__init__()
-    self.needles = needles
+    self.needle, self.any_of = needle, any_of
 
   def filter(self, record: logging.LogRecord) -> bool:
     try:
       msg = record.getMessage()
     except Exception:  # noqa: BLE001 - a record that cannot format is left alone
       return True
-    return not all(n in msg for n in self.needles)
+    return not (self.needle in msg and (not self.any_of or any(n in msg for n in self.any_of)))
 
 
 _QUIET = {"installed": False}
 
 
-def _closed_loop_error(exc) -> bool:
-  return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+def _orbax_read_noise(unraisable) -> bool:
+  """An "Event loop is closed" callback error, or an error left in an abandoned Orbax read
+  coroutine when it is finalised."""
+  exc = unraisable.exc_value
+  if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+    return True
+  code = getattr(unraisable.object, "cr_code", None)
+  return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
 
 
 def quiet_orbax() -> None:
@@ -100,12 +110,15 @@ def quiet_orbax() -> None:
   previous = sys.unraisablehook
 
   def hook(unraisable):
-    if not _closed_loop_error(unraisable.exc_value):
+    if not _orbax_read_noise(unraisable):
       previous(unraisable)
   sys.unraisablehook = hook
-  logging.getLogger("asyncio").addFilter(
-      _DropRecords(("Task exception was never retrieved", "orbax")))
-  logging.getLogger("absl").addFilter(_DropRecords(("Given directory is read only",)))
+  logging.getLogger("asyncio").addFilter(_DropRecords(
+      "exception was never retrieved", ("orbax", "OCDBT", "TensorStore", "tensorstore")))
+  logging.getLogger("absl").addFilter(_DropRecords("Given directory is read only"))
+  warnings.filterwarnings("ignore", category=RuntimeWarning, message=(
+      r"coroutine '(_read_array_index_and_device_put|_read_shard|_read_and_create_array|"
+      r"async_deserialize|_async_deserialize|_deserialize_arrays)' was never awaited"))
 
 
 def _cause(e: BaseException) -> str:
