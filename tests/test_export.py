@@ -432,6 +432,27 @@ def test_load_run_config_json_fallback(tiny_run, tmp_path):
     ex.load_run(run)
 
 
+def test_load_run_skips_a_damaged_step(tiny_run, tmp_path, capfd):
+  import glob
+  import shutil
+  run = str(tmp_path / "copy")
+  shutil.copytree(tiny_run, run)
+  for f in glob.glob(os.path.join(run, "checkpoints", "4", "state", "ocdbt.process_0", "d", "*")):
+    with open(f, "r+b") as fh:
+      fh.truncate(os.path.getsize(f) // 2)
+  capfd.readouterr()
+  m = ex.load_run(run)
+  assert m.meta["step"] == 2
+  _assert_same_bits(ex.load_run(tiny_run, step=2).params, m.params)
+  err = capfd.readouterr().err.splitlines()
+  assert len(err) == 1 and err[0].startswith("warning: checkpoint step 4 is damaged (its state "
+                                             "cannot be read (")
+  assert err[0].endswith("); using step 2")
+  assert os.path.isdir(os.path.join(run, "checkpoints", "4"))    # read-only: left in place
+  with pytest.raises(ex.ExportError, match=r"checkpoint step 4 is damaged: its state cannot be"):
+    ex.load_run(run, step=4)
+
+
 def test_load_run_errors(tmp_path):
   with pytest.raises(ex.ExportError, match="no such directory"):
     ex.load_run(str(tmp_path / "nope"))

@@ -411,8 +411,9 @@ def load_model(model_dir: str, dtype=None, *, check: bool = True,
 # -- train.py runs -----------------------------------------------------------------------------
 
 def load_run(run_dir: str, step: int | None = None) -> LoadedModel:
-  """Params of the latest (or `step`) complete Orbax checkpoint of a train.py run dir, read
-  without the optimizer state, with the run's model config and tokenizer (data.tokenizer)."""
+  """Params of the newest intact (or `step`) Orbax checkpoint of a train.py run dir, read without
+  the optimizer state and verified against the step's fingerprints, with the run's model config
+  and tokenizer (data.tokenizer)."""
   import jax
 
   from gca_jax.train import run_config as rc
@@ -428,30 +429,30 @@ def load_run(run_dir: str, step: int | None = None) -> LoadedModel:
     steps = ckpt.all_steps()
     if not steps:
       raise ExportError(f"run_dir {run_dir!r}: no complete checkpoint in {ckpt.directory!r}")
-    if step is None:
-      step = steps[-1]
-    elif step not in steps:
+    if step is not None and step not in steps:
       raise ExportError(f"run_dir {run_dir!r}: no checkpoint for step {step}; available: "
                         f"{steps}")
-    if os.path.isdir(os.path.join(ckpt.directory, str(step), "config")):
-      _, saved = ckpt.restore_config(step)
+    cfg_step = steps[-1] if step is None else step   # one run: one model config in every step
+    if os.path.isdir(os.path.join(ckpt.directory, str(cfg_step), "config")):
+      _, saved = ckpt.restore_config(cfg_step)
     else:
       saved = _run_config_json(run_dir)
     if "model" not in saved:
-      raise ExportError(f"run_dir {run_dir!r}: the saved run config of step {step} has no "
+      raise ExportError(f"run_dir {run_dir!r}: the saved run config of step {cfg_step} has no "
                         "'model' section")
     try:
       config = rc.model_config(rc.from_dict(saved))
     except ValueError as e:
-      raise ExportError(f"run_dir {run_dir!r}, step {step}: {e}") from e
+      raise ExportError(f"run_dir {run_dir!r}, step {cfg_step}: {e}") from e
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    try:
-      _, params = ckpt.restore_params(step, abstract_params(config, sharding))
+    try:   # step None: the newest intact step (a damaged newer one is named by one warning)
+      step, params = ckpt.restore_params(step, abstract_params(config, sharding))
     except CheckpointError as e:
       raise ExportError(f"run_dir {run_dir!r}: {e}") from e
     except (ValueError, KeyError) as e:
-      raise ExportError(f"run_dir {run_dir!r}, step {step}: the checkpoint's params do not fit "
-                        f"the saved model config ({type(e).__name__}: {e})") from e
+      raise ExportError(f"run_dir {run_dir!r}, step {cfg_step if step is None else step}: the "
+                        f"checkpoint's params do not fit the saved model config "
+                        f"({type(e).__name__}: {e})") from e
     try:
       ck_meta = ckpt.restore_meta(step)
     except Exception:  # noqa: BLE001 - meta is informational
