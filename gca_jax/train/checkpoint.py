@@ -233,7 +233,9 @@ class Checkpointer:
         "state": ocp.args.StandardSave(state),
         "config": ocp.args.JsonSave(config),
         "meta": ocp.args.JsonSave(m),
-        FINGERPRINTS: ocp.args.JsonSave(fp.fingerprint_tree(state)),
+        # written by process 0 only (JsonSave), so only it hashes
+        FINGERPRINTS: ocp.args.JsonSave(fp.fingerprint_tree(state)
+                                        if jax.process_index() == 0 else {}),
     }
     if iterator_state is not None:
       items["data_iter"] = grain.checkpoint.CheckpointSave(_IteratorSnapshot(iterator_state))
