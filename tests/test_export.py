@@ -1,9 +1,11 @@
 """The export format: safetensors bytes, save/load round trips, atomic writes, errors,
 load_run / export_run / CLI on a tiny trained run, and the shipped exports."""
 
+import hashlib
 import json
 import os
 import struct
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -182,8 +184,12 @@ def test_key_naming_and_config_json(tmp_path):
                                  "data_offsets": header["embedding"]["data_offsets"]}
   assert len(header) == 38
   info = json.load(open(os.path.join(out, "config.json")))
+  st_path = os.path.join(out, "model.safetensors")
   assert info == {"format": "gca_jax-export", "version": 1, "model": CFG.to_dict(),
-                  "tokenizer": None, "meta": {}}
+                  "tokenizer": None, "meta": {},
+                  "files": {"model.safetensors": {
+                      "sha256": hashlib.sha256(open(st_path, "rb").read()).hexdigest(),
+                      "bytes": os.path.getsize(st_path)}}}
   assert ex.load_model(out).tokenizer is None
 
 
@@ -293,11 +299,15 @@ def test_load_errors(tmp_path):
     ex.load_model(out)
   json.dump(info, open(cfg_path, "w"))
   st_path = os.path.join(out, "model.safetensors")
+  size = os.path.getsize(st_path)
   with open(st_path, "r+b") as f:
-    f.truncate(os.path.getsize(st_path) - 4)
+    f.truncate(size - 4)
+  with pytest.raises(ex.ExportError, match=rf"model.safetensors: {size - 4} bytes, config.json "
+                                           rf"records {size} \(the file is truncated"):
+    ex.load_model(out)
   with pytest.raises(ex.ExportError, match=r"model.safetensors: tensors cover \d+ bytes, "
                                            r"the data section has \d+ \(truncated"):
-    ex.load_model(out)
+    ex.load_model(out, verify=False)
   os.remove(st_path)
   with pytest.raises(ex.ExportError, match="no model.safetensors"):
     ex.load_model(out)
@@ -308,6 +318,63 @@ def test_load_errors(tmp_path):
   with pytest.raises(ex.ExportError, match="not JSON-serialisable"):
     ex.save_model(str(tmp_path / "x"), _init(), CFG, meta={"a": object()})
   assert not os.path.exists(tmp_path / "x")
+
+
+# -- checksums ---------------------------------------------------------------------------------
+
+def _flip_middle(path):
+  with open(path, "r+b") as f:
+    f.seek(os.path.getsize(path) // 2)
+    b = f.read(1)
+    f.seek(-1, 1)
+    f.write(bytes([b[0] ^ 0x01]))
+
+
+def test_flipped_byte_is_named(tmp_path):
+  params = _init()
+  out = ex.save_model(str(tmp_path / "m"), params, CFG, tokenizer=TOKENIZER)
+  info = json.load(open(os.path.join(out, "config.json")))
+  assert sorted(info["files"]) == ["model.safetensors", "tokenizer.model"]
+  st_path = os.path.join(out, "model.safetensors")
+  _flip_middle(st_path)     # inside the tensor data: the file still parses
+  with pytest.raises(ex.ExportError) as e:
+    ex.load_model(out)
+  msg = str(e.value)
+  assert "\n" not in msg and msg.startswith(f"{st_path}: sha256 ")
+  assert "recorded in config.json (the file is damaged or was replaced)" in msg
+  unchecked = ex.load_model(out, dtype="stored", verify=False)   # without the check: no error,
+  diff = [k for k, v in _flat(params).items() if not np.array_equal(v, _flat(unchecked.params)[k])]
+  assert len(diff) == 1                                          # one parameter silently changed
+  out2 = ex.save_model(str(tmp_path / "t"), params, CFG, tokenizer=TOKENIZER)
+  _flip_middle(os.path.join(out2, "tokenizer.model"))
+  with pytest.raises(ex.ExportError, match=r"tokenizer.model: sha256 .* differs"):
+    ex.load_model(out2)
+  os.remove(os.path.join(out2, "tokenizer.model"))
+  with pytest.raises(ex.ExportError, match=r"tokenizer.model: missing \(listed in config.json\)"):
+    ex.load_model(out2)
+
+
+def test_export_without_checksums_warns_and_gets_them(tmp_path, capsys):
+  from gca_jax.export.checksums import add_checksums, main
+  params = _init()
+  out = ex.save_model(str(tmp_path / "m"), params, CFG, tokenizer=TOKENIZER)
+  cfg_path = os.path.join(out, "config.json")
+  info = json.load(open(cfg_path))
+  files = info.pop("files")
+  json.dump(info, open(cfg_path, "w"), indent=1)          # as written before checksums existed
+  with pytest.warns(UserWarning, match="has no 'files' checksums") as w:
+    m = ex.load_model(out, dtype="stored")
+  assert len(w) == 1
+  _assert_same_bits(params, m.params)
+  assert main([out]) == 0 and "checksums added" in capsys.readouterr().out
+  assert json.load(open(cfg_path)) == dict(info, files=files)
+  assert add_checksums(out) is False                       # present and matching: unchanged
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    ex.load_model(out)
+  _flip_middle(os.path.join(out, "model.safetensors"))
+  assert main([out]) == 1 and "sha256" in capsys.readouterr().err
+  assert main([]) == 2
 
 
 # -- train.py runs -----------------------------------------------------------------------------
@@ -365,6 +432,27 @@ def test_load_run_config_json_fallback(tiny_run, tmp_path):
     ex.load_run(run)
 
 
+def test_load_run_skips_a_damaged_step(tiny_run, tmp_path, capfd):
+  import glob
+  import shutil
+  run = str(tmp_path / "copy")
+  shutil.copytree(tiny_run, run)
+  for f in glob.glob(os.path.join(run, "checkpoints", "4", "state", "ocdbt.process_0", "d", "*")):
+    with open(f, "r+b") as fh:
+      fh.truncate(os.path.getsize(f) // 2)
+  capfd.readouterr()
+  m = ex.load_run(run)
+  assert m.meta["step"] == 2
+  _assert_same_bits(ex.load_run(tiny_run, step=2).params, m.params)
+  err = capfd.readouterr().err.splitlines()
+  assert len(err) == 1 and err[0].startswith("warning: checkpoint step 4 is damaged (its state "
+                                             "cannot be read (")
+  assert err[0].endswith("); using step 2")
+  assert os.path.isdir(os.path.join(run, "checkpoints", "4"))    # read-only: left in place
+  with pytest.raises(ex.ExportError, match=r"checkpoint step 4 is damaged: its state cannot be"):
+    ex.load_run(run, step=4)
+
+
 def test_load_run_errors(tmp_path):
   with pytest.raises(ex.ExportError, match="no such directory"):
     ex.load_run(str(tmp_path / "nope"))
@@ -409,7 +497,11 @@ def test_export_run_and_cli(tiny_run, tmp_path, capsys):
 def test_shipped_exports(name):
   path = os.path.join(ROOT, "checkpoints", name)
   assert sorted(os.listdir(path)) == ["config.json", "model.safetensors", "tokenizer.model"]
-  m = ex.load_model(path, dtype="stored")
+  info = json.load(open(os.path.join(path, "config.json")))
+  assert sorted(info["files"]) == ["model.safetensors", "tokenizer.model"]
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")       # checksums present and verified: no warning
+    m = ex.load_model(path, dtype="stored")
   assert m.config.model_kind == SHIPPED[name] and m.config.d_model == 128
   assert {x.dtype for x in jax.tree.leaves(m.params)} == {BF16}
   assert open(m.tokenizer, "rb").read() == open(TOKENIZER, "rb").read()

@@ -51,3 +51,18 @@ def test_truncated_state_file_is_one_line(run):
   with open(big, "r+b") as f:
     f.truncate(os.path.getsize(big) // 2)
   assert "cannot be read" in _resume_error(cfg)
+
+
+def test_flipped_bytes_are_detected_on_resume(run):
+  """A byte changed inside a parameter's stored data: Orbax reads it without error; the step's
+  fingerprints name the leaf (the trainer restores the latest step explicitly: no fallback)."""
+  cfg, step_dir = run
+  big = max(glob.glob(os.path.join(step_dir, "state", "ocdbt.process_0", "d", "*")),
+            key=os.path.getsize)
+  with open(big, "r+b") as f:
+    f.seek(os.path.getsize(big) // 2)
+    b = f.read(1)
+    f.seek(-1, 1)
+    f.write(bytes([b[0] ^ 0xFF]))
+  msg = _resume_error(cfg)
+  assert "is damaged: params/" in msg and "bytes differ from the saved sha256" in msg

@@ -5,11 +5,17 @@ Layout of an export directory:
   model.safetensors - every parameter leaf, keyed by its Flax path joined with "/"
                       (e.g. `upper_0/gca/q_proj/kernel`), in its own dtype (or the one asked).
   config.json       - {"format": "gca_jax-export", "version": 1, "model": DRTConfig.to_dict(),
-                      "tokenizer": "tokenizer.model" | null, "meta": {...}}.
+                      "tokenizer": "tokenizer.model" | null, "meta": {...},
+                      "files": {"model.safetensors": {"sha256": hex, "bytes": n}, ...}}.
   tokenizer.model   - the SentencePiece model the run was trained with, when known.
 
 `meta` is free-form JSON; the keys written here: "step" (optimizer updates), "train_seq_len"
 (training length in text tokens), "eval_path" (held-out text of the run), "source".
+
+`files` holds the sha256 and size of every other file of the directory; `load_model` checks them
+before reading (a mismatch is an ExportError naming the file). An export without `files` (written
+before checksums existed) loads with one warning; `python -m gca_jax.export.checksums DIR` adds
+them to such an export after checking that it loads.
 
 API: `save_model`, `load_model`, `load_run` (params of an Orbax checkpoint of a train.py run
 dir, without the optimizer state), `export_run`, `check_params`, and the CLI
@@ -20,10 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+import warnings
 from typing import Any, Mapping
 
 import numpy as np
@@ -37,10 +45,11 @@ VERSION = 1
 PARAMS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.model"
+FILES_KEY = "files"
 
 __all__ = ["ExportError", "LoadedModel", "SafetensorsError", "abstract_params", "check_params",
-           "export_run", "flatten_params", "load_model", "load_run", "read_config", "save_model",
-           "unflatten_params"]
+           "export_run", "file_checksums", "flatten_params", "load_model", "load_run",
+           "read_config", "save_model", "unflatten_params", "verify_files"]
 
 
 class ExportError(ValueError):
@@ -228,6 +237,52 @@ def _atomic_dir(out_dir: str, write) -> None:
     raise
 
 
+# -- checksums ---------------------------------------------------------------------------------
+
+def _sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def file_checksums(model_dir: str) -> dict[str, dict]:
+  """{name: {"sha256": hex, "bytes": n}} of the files of `model_dir` other than config.json."""
+  return {name: {"sha256": _sha256(os.path.join(model_dir, name)),
+                 "bytes": os.path.getsize(os.path.join(model_dir, name))}
+          for name in sorted(os.listdir(model_dir))
+          if name != CONFIG_FILE and os.path.isfile(os.path.join(model_dir, name))}
+
+
+def verify_files(model_dir: str, info: dict) -> None:
+  """Checks the files named in `info["files"]` (config.json) against their size and sha256;
+  ExportError naming the first file that is missing or differs. No "files": one warning."""
+  files = info.get(FILES_KEY)
+  cfg = os.path.join(model_dir, CONFIG_FILE)
+  if files is None:
+    warnings.warn(f"{cfg} has no '{FILES_KEY}' checksums (written by an older gca_jax): its "
+                  f"files are not verified; add them with python -m gca_jax.export.checksums "
+                  f"{model_dir}", stacklevel=3)
+    return
+  if not isinstance(files, dict):
+    raise ExportError(f"{cfg}: '{FILES_KEY}' must map file names to {{sha256, bytes}}")
+  for name, want in files.items():
+    path = os.path.join(model_dir, name)
+    if not isinstance(want, dict) or not isinstance(want.get("sha256"), str):
+      raise ExportError(f"{cfg}: '{FILES_KEY}' entry {name!r} has no sha256")
+    if not os.path.isfile(path):
+      raise ExportError(f"{path}: missing (listed in {CONFIG_FILE})")
+    size = os.path.getsize(path)
+    if "bytes" in want and size != want["bytes"]:
+      raise ExportError(f"{path}: {size} bytes, {CONFIG_FILE} records {want['bytes']} (the "
+                        "file is truncated or was replaced)")
+    got = _sha256(path)
+    if got != want["sha256"]:
+      raise ExportError(f"{path}: sha256 {got[:16]}... differs from {want['sha256'][:16]}... "
+                        f"recorded in {CONFIG_FILE} (the file is damaged or was replaced)")
+
+
 # -- save / load -------------------------------------------------------------------------------
 
 def _cast(x: np.ndarray, dtype) -> np.ndarray:
@@ -272,17 +327,17 @@ def save_model(out_dir: str, params, config: DRTConfig, *, tokenizer: str | None
   info = {"format": FORMAT, "version": VERSION, "model": config.to_dict(),
           "tokenizer": TOKENIZER_FILE if tokenizer else None, "meta": dict(meta or {})}
   try:
-    text = json.dumps(info, indent=1, sort_keys=False)
+    json.dumps(info)
   except TypeError as e:
     raise ExportError(f"meta: not JSON-serialisable ({e})") from e
 
   def write(tmp: str):
     safetensors_io.save_file(os.path.join(tmp, PARAMS_FILE), flat,
                              {"format": FORMAT, "version": str(VERSION)})
-    with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
-      f.write(text + "\n")
     if tokenizer:
       shutil.copyfile(tokenizer, os.path.join(tmp, TOKENIZER_FILE))
+    with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+      f.write(json.dumps({**info, FILES_KEY: file_checksums(tmp)}, indent=1) + "\n")
 
   _atomic_dir(out_dir, write)
   return os.path.abspath(out_dir)
@@ -314,22 +369,26 @@ def read_config(model_dir: str) -> dict:
   return info
 
 
-def load_model(model_dir: str, dtype=None, *, check: bool = True) -> LoadedModel:
+def load_model(model_dir: str, dtype=None, *, check: bool = True,
+               verify: bool = True) -> LoadedModel:
   """Loads an export directory written by `save_model` / `export_run`.
 
   dtype: None casts float leaves to the config's `param_dtype` (what the model was trained
   with; bfloat16 -> float32 is exact); "bfloat16" / "float32" / "float16" casts to that;
   "stored" keeps the stored dtypes. check: verify names and shapes against the config's model.
+  verify: check every file against the sha256 and size recorded in config.json (`verify_files`).
   """
   import jax
   info = read_config(model_dir)
+  st = os.path.join(model_dir, PARAMS_FILE)
+  if not os.path.isfile(st):
+    raise ExportError(f"model_dir {model_dir!r}: no {PARAMS_FILE}")
+  if verify:
+    verify_files(model_dir, info)
   try:
     config = DRTConfig.from_dict(info["model"])
   except (ValueError, TypeError) as e:
     raise ExportError(f"{os.path.join(model_dir, CONFIG_FILE)}: model: {e}") from e
-  st = os.path.join(model_dir, PARAMS_FILE)
-  if not os.path.isfile(st):
-    raise ExportError(f"model_dir {model_dir!r}: no {PARAMS_FILE}")
   try:
     flat, _ = safetensors_io.load_file(st)
   except SafetensorsError as e:
@@ -352,8 +411,9 @@ def load_model(model_dir: str, dtype=None, *, check: bool = True) -> LoadedModel
 # -- train.py runs -----------------------------------------------------------------------------
 
 def load_run(run_dir: str, step: int | None = None) -> LoadedModel:
-  """Params of the latest (or `step`) complete Orbax checkpoint of a train.py run dir, read
-  without the optimizer state, with the run's model config and tokenizer (data.tokenizer)."""
+  """Params of the newest intact (or `step`) Orbax checkpoint of a train.py run dir, read without
+  the optimizer state and verified against the step's fingerprints, with the run's model config
+  and tokenizer (data.tokenizer)."""
   import jax
 
   from gca_jax.train import run_config as rc
@@ -369,30 +429,30 @@ def load_run(run_dir: str, step: int | None = None) -> LoadedModel:
     steps = ckpt.all_steps()
     if not steps:
       raise ExportError(f"run_dir {run_dir!r}: no complete checkpoint in {ckpt.directory!r}")
-    if step is None:
-      step = steps[-1]
-    elif step not in steps:
+    if step is not None and step not in steps:
       raise ExportError(f"run_dir {run_dir!r}: no checkpoint for step {step}; available: "
                         f"{steps}")
-    if os.path.isdir(os.path.join(ckpt.directory, str(step), "config")):
-      _, saved = ckpt.restore_config(step)
+    cfg_step = steps[-1] if step is None else step   # one run: one model config in every step
+    if os.path.isdir(os.path.join(ckpt.directory, str(cfg_step), "config")):
+      _, saved = ckpt.restore_config(cfg_step)
     else:
       saved = _run_config_json(run_dir)
     if "model" not in saved:
-      raise ExportError(f"run_dir {run_dir!r}: the saved run config of step {step} has no "
+      raise ExportError(f"run_dir {run_dir!r}: the saved run config of step {cfg_step} has no "
                         "'model' section")
     try:
       config = rc.model_config(rc.from_dict(saved))
     except ValueError as e:
-      raise ExportError(f"run_dir {run_dir!r}, step {step}: {e}") from e
+      raise ExportError(f"run_dir {run_dir!r}, step {cfg_step}: {e}") from e
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    try:
-      _, params = ckpt.restore_params(step, abstract_params(config, sharding))
+    try:   # step None: the newest intact step (a damaged newer one is named by one warning)
+      step, params = ckpt.restore_params(step, abstract_params(config, sharding))
     except CheckpointError as e:
       raise ExportError(f"run_dir {run_dir!r}: {e}") from e
     except (ValueError, KeyError) as e:
-      raise ExportError(f"run_dir {run_dir!r}, step {step}: the checkpoint's params do not fit "
-                        f"the saved model config ({type(e).__name__}: {e})") from e
+      raise ExportError(f"run_dir {run_dir!r}, step {cfg_step if step is None else step}: the "
+                        f"checkpoint's params do not fit the saved model config "
+                        f"({type(e).__name__}: {e})") from e
     try:
       ck_meta = ckpt.restore_meta(step)
     except Exception:  # noqa: BLE001 - meta is informational

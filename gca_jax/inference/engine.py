@@ -121,6 +121,80 @@ def device_free_bytes(device=None) -> int | None:
   return int(st["bytes_limit"]) - int(st.get("bytes_in_use", 0))
 
 
+def host_available_bytes() -> int | None:
+  """MemAvailable of /proc/meminfo in bytes, or None where unknown."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  return None
+
+
+def available_bytes() -> dict:
+  """{"device": free bytes of the first device or None (CPU), "host": MemAvailable or None,
+  "device_name": "platform:id"} (what `check_stream_fits` compares against)."""
+  dev = jax.devices()[0]
+  return {"device": device_free_bytes(dev), "host": host_available_bytes(),
+          "device_name": f"{dev.platform}:{dev.id}"}
+
+
+class StreamMemoryError(ValueError):
+  """A stream's chunk memory does not fit in the memory available (raised before allocating)."""
+
+
+def _mib(n: float) -> str:
+  return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def check_stream_fits(model, batch: int, segment_len: int, spec: StreamSpec) -> dict:
+  """Raises StreamMemoryError when the cache of a stream of `model` for `spec` (chunk memory at
+  `spec.capacity_tokens`, placed by `spec.memory`) plus one segment's f32 logits (x3: logits,
+  log-softmax, gather; when the model has `config.vocab_size`) exceeds the free device memory,
+  or its host part exceeds MemAvailable; on CPU (no device stats) device + host parts are
+  compared with MemAvailable. Unknown availability passes. Returns {"device", "host", "cache"}.
+  """
+  kw = {k: getattr(spec, k) for k in _SPEC_KW}
+  cache = _nbytes(cache_shapes(model, batch, segment_len, spec))
+  vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+  logits = 3 * batch * segment_len * int(vocab) * 4 if vocab else 0
+  host = 0
+  if spec.memory == "host":
+    host = model_cache_bytes(model, batch, spec.capacity_tokens, segment_len=segment_len,
+                             memory="host", **kw)["host"]
+  need = {"device": cache + logits, "host": host, "cache": cache}
+  av = available_bytes()
+  checks = []
+  if av.get("device") is not None:
+    checks.append((f"device memory of {av.get('device_name', 'the device')}", cache + logits,
+                   cache + host, av["device"]))
+    if av.get("host") is not None and host:
+      checks.append(("host memory (MemAvailable)", host, host, av["host"]))
+  elif av.get("host") is not None:
+    checks.append(("host memory (MemAvailable; the CPU backend's arrays live there)",
+                   cache + logits + host, cache + host, av["host"]))
+  for where, n, chunk, have in checks:
+    if n <= have:
+      continue
+    hints = []
+    if spec.memory != "host" and av.get("device") is not None and where.startswith("device"):
+      moved = model_cache_bytes(model, batch, spec.capacity_tokens, segment_len=segment_len,
+                                memory="host", **kw)["host"]
+      if moved:
+        hints.append(f'memory="host" (moves {_mib(moved)} of chunk memory to host RAM)')
+    if batch > 1:
+      hints.append(f"a smaller batch (batch {batch} -> {max(1, batch * have // max(n, 1))})")
+    hints.append("a shorter stream")
+    raise StreamMemoryError(
+        f"streaming: a stream of batch {batch} x {spec.capacity_tokens} tokens "
+        f"(segment_len {segment_len}, memory={spec.memory!r}) needs about {_mib(n)} of {where} "
+        f"(chunk memory {_mib(chunk)}, one segment's logits {_mib(logits)}), {_mib(have)} "
+        "available; use " + ", or ".join(hints))
+  return need
+
+
 def model_cache_bytes(model, batch: int, n_text: int, *, segment_len: int, memory: str,
                       **spec_kw) -> dict[str, int]:
   """{"device": bytes, "host": bytes} of `model`'s stream cache for `n_text` text tokens
@@ -200,6 +274,7 @@ class Stream:
     self.capacity_tokens = max(int(cap), self.segment_len)
     self.spec = StreamSpec(self.capacity_tokens, self.memory, **self._kw)
     self.params = flax.core.meta.unbox(params)
+    check_stream_fits(model, self.batch, self.segment_len, self.spec)
     cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                          cache_shapes(model, self.batch, self.segment_len, self.spec))
     self.store = None
@@ -237,6 +312,7 @@ class Stream:
     shapes = cache_shapes(self.model, self.batch, self.segment_len, spec)
     old = jax.tree.map(lambda x: (x.shape, x.dtype), self.cache)
     if jax.tree.map(lambda x: (x.shape, x.dtype), shapes) != old:
+      check_stream_fits(self.model, self.batch, self.segment_len, spec)
       self.spec = spec
       self.cache = _grow(self.cache, shapes)
 
