@@ -2,11 +2,13 @@
 --coordinator_address / --num_processes / --process_id, against one process with the same global
 batch and the same global device count (2).
 
-  (a) 2 processes x 1 device give the per-step losses of 1 process x 2 devices (metrics.jsonl);
-      only process 0 writes metrics / logs.
-  (b) a checkpoint of 2 processes resumes in 1 and one of 1 in 2, with the losses of the
-      uninterrupted run (the data-iterator state is re-sliced, gca_jax/train/distributed.py).
-  (c) SIGTERM to one process: both save the same step and exit 0.
+  (a) 2 processes x 1 device, from scratch, give the per-step losses of 1 process x 2 devices
+      (metrics.jsonl); only process 0 writes metrics / logs.
+  (c) SIGTERM to one of them after step 4: both save step 4 and exit 0.
+  (b) that checkpoint resumes in 1 process, and one of 1 process in 2, with the losses (and the
+      final eval) of the uninterrupted run (the data-iterator state is re-sliced,
+      gca_jax/train/distributed.py).
+Four launches in all (two of one process, two of two processes), through one compilation cache.
 Plus the flag validation (exit 2 naming the flag) and the data order / re-slicing units.
 """
 
@@ -29,7 +31,8 @@ from gca_jax.train.checkpoint import CheckpointError
 STEPS = 6
 TOL = 1e-4
 TIMEOUT = 300   # seconds per launch (all its processes)
-NO_EVAL = {"train.eval_every": -1}   # the eval is compared once, in (a)
+PREEMPT = 4     # SIGTERM after this step
+NO_EVAL = {"train.eval_every": -1}   # the final eval is compared once (1 -> 2 processes)
 
 
 def _env(devices: int, extra: dict | None = None) -> dict:
@@ -160,7 +163,8 @@ def dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def one_process(dirs):
-  """The reference: 1 process x 2 devices, STEPS uninterrupted steps, checkpoints at 3 and 6."""
+  """The reference: 1 process x 2 devices, STEPS uninterrupted steps, checkpoints at 3 and 6,
+  an eval at 6."""
   run = os.path.join(dirs["base"], "one")
   la = Launch(run + ".logs", _flags(run, dirs["cache"], dirs["cc"]), processes=1, devices=2)
   la.wait()
@@ -168,75 +172,79 @@ def one_process(dirs):
 
 
 @pytest.fixture(scope="module")
-def preempted(dirs, tmp_path_factory):
-  """2 processes x 1 device; SIGTERM to process 1 (only) after step 2 (tests/_mp_worker.py
-  holds that process at step 2 until the signal arrived)."""
-  run = os.path.join(dirs["base"], "preempted")
-  marker = os.path.join(dirs["base"], "at_step_2")
+def two_processes(dirs):
+  """2 processes x 1 device from scratch; SIGTERM to process 1 (only) after step PREEMPT
+  (tests/_mp_worker.py holds that process there until the signal has arrived)."""
+  run = os.path.join(dirs["base"], "two")
+  marker = os.path.join(dirs["base"], "process_1_at_step")
   la = Launch(run + ".logs", _flags(run, dirs["cache"], dirs["cc"], **NO_EVAL), processes=2,
               devices=1, script="tests/_mp_worker.py",
-              env={"MP_WAIT_STEP": "2", "MP_WAIT_PROCESS": "1", "MP_MARKER": marker})
+              env={"MP_WAIT_STEP": str(PREEMPT), "MP_WAIT_PROCESS": "1", "MP_MARKER": marker})
   deadline = time.time() + TIMEOUT
   while not os.path.exists(marker):
     if time.time() > deadline or any(p.poll() is not None for p in la.procs):
       la.kill()
-      pytest.fail(f"process 1 never reached step 2\n{la.report()}")
+      pytest.fail(f"process 1 never reached step {PREEMPT}\n{la.report()}")
     time.sleep(0.05)
   os.kill(la.procs[1].pid, signal.SIGTERM)
   la.wait()
   return run, la
 
 
-def test_two_processes_match_one_process(dirs, one_process):
-  ref_dir, ref = one_process
+def _iter_files(run_dir: str, step: int) -> list[str]:
+  return sorted(os.listdir(os.path.join(run_dir, "checkpoints", str(step), "data_iter")))
+
+
+TWO_FILES = ["commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]
+
+
+def test_two_processes_match_one_process(two_processes, one_process):
+  run, la = two_processes
+  ref = one_process[1]
   assert sorted(ref) == list(range(1, STEPS + 1))
-  run = os.path.join(dirs["base"], "two")
-  la = Launch(run + ".logs", _flags(run, dirs["cache"], dirs["cc"]), processes=2, devices=1)
-  la.wait()
-  _assert_same(_losses(run), ref, range(1, STEPS + 1))   # also: every step logged once
-  evals = [[r for r in _records(d) if "eval_loss" in r] for d in (run, ref_dir)]
-  assert [r["step"] for r in evals[0]] == [STEPS]
-  assert abs(evals[0][0]["eval_loss"] - evals[1][0]["eval_loss"]) <= TOL, evals
+  _assert_same(_losses(run), ref, range(1, PREEMPT + 1))   # also: every step logged once
   starts = [r for r in _records(run) if r.get("event") == "start"]
   assert len(starts) == 1, starts   # process 1 writes no metrics
-  assert f"step {STEPS}/{STEPS}: loss" in la.output(0)
+  assert f"step {PREEMPT}/{STEPS}: loss" in la.output(0)
   assert "step 1/" not in la.output(1) and "model drt" not in la.output(1)   # logs: process 0
-  assert _ckpt_steps(run) == [3, 6]
-  assert sorted(os.listdir(os.path.join(run, "checkpoints", "6", "data_iter"))) == [
-      "commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]
 
 
-def test_sigterm_to_one_process_saves_the_same_step_on_both(preempted, one_process):
-  run, la = preempted
+def test_sigterm_to_one_process_saves_the_same_step_on_both(two_processes):
+  run, la = two_processes
   for i in range(2):
-    assert "preempted at step 2" in la.output(i), la.report()
-  assert _ckpt_steps(run) == [2]   # the preemption save, not a periodic one (every 3)
+    assert f"preempted at step {PREEMPT}" in la.output(i), la.report()
+  assert _ckpt_steps(run) == [3, PREEMPT]   # periodic at 3, the preemption save
+  assert _iter_files(run, PREEMPT) == TWO_FILES
   events = [(r["step"], r["event"], r.get("reason")) for r in _records(run) if "event" in r]
-  assert (2, "checkpoint", "preemption") in events and (2, "preempted", None) in events, events
-  _assert_same(_losses(run), one_process[1], [1, 2])
+  assert (PREEMPT, "checkpoint", "preemption") in events, events
+  assert (PREEMPT, "preempted", None) in events, events
 
 
-def test_resume_two_process_checkpoint_in_one_process(dirs, preempted, one_process):
+def test_resume_two_process_checkpoint_in_one_process(dirs, two_processes, one_process):
   run = os.path.join(dirs["base"], "two_to_one")
-  shutil.copytree(preempted[0], run)
+  shutil.copytree(two_processes[0], run)
   la = Launch(run + ".logs", _flags(run, dirs["cache"], dirs["cc"], **NO_EVAL), processes=1,
               devices=2)
   la.wait()
   assert "data-iterator state of 2 process(es) re-sliced for 1" in la.output(0), la.report()
-  _assert_same(_losses(run, since_resume_at=2), one_process[1], range(3, STEPS + 1))
+  _assert_same(_losses(run, since_resume_at=PREEMPT), one_process[1],
+               range(PREEMPT + 1, STEPS + 1))
+  assert _iter_files(run, STEPS) == ["commit_success.txt", "process_0-of-1.json"]
 
 
 def test_resume_one_process_checkpoint_in_two_processes(dirs, one_process):
+  ref_dir, ref = one_process
   run = os.path.join(dirs["base"], "one_to_two")
-  shutil.copytree(one_process[0], run)
+  shutil.copytree(ref_dir, run)
   shutil.rmtree(os.path.join(run, "checkpoints", str(STEPS)))   # the run as if stopped at 3
-  la = Launch(run + ".logs", _flags(run, dirs["cache"], dirs["cc"], **NO_EVAL), processes=2,
-              devices=1)
+  la = Launch(run + ".logs", _flags(run, dirs["cache"], dirs["cc"]), processes=2, devices=1)
   la.wait()
   assert "data-iterator state of 1 process(es) re-sliced for 2" in la.output(0), la.report()
-  _assert_same(_losses(run, since_resume_at=3), one_process[1], range(4, STEPS + 1))
-  assert sorted(os.listdir(os.path.join(run, "checkpoints", "6", "data_iter"))) == [
-      "commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]
+  _assert_same(_losses(run, since_resume_at=3), ref, range(4, STEPS + 1))
+  assert _iter_files(run, STEPS) == TWO_FILES
+  evals = [[r for r in _records(d) if "eval_loss" in r][-1] for d in (run, ref_dir)]
+  assert evals[0]["step"] == evals[1]["step"] == STEPS, evals   # the eval of 2 processes
+  assert abs(evals[0]["eval_loss"] - evals[1]["eval_loss"]) <= TOL, evals
 
 
 # -- flags ----------------------------------------------------------------------------------------
