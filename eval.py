@@ -313,7 +313,7 @@ def _full_forward(m, tok, stream, seq_len: int) -> dict:
     raise EvalError(f"--mesh={','.join(_MESH.value)}: {e}") from e
   model = DRT(m.config)
   _, shardings = abstract_params(model, mesh)
-  params = jax.tree.map(jax.device_put, m.params, shardings)
+  params = distributed.put_global(m.params, shardings)   # any process count
   ev = Evaluator(model, mesh, shardings)
   result = {}
   if "ppl" in todo:

@@ -262,3 +262,17 @@ def restore_resliced(checkpoint_dir: str, step: int, iterator, count: int) -> in
   state = reslice_state(states, count)
   iterator.set_state(state)
   return n
+
+
+def put_global(tree, shardings):
+  """Values that are the same on every process (numpy or local jax arrays) -> global arrays of
+  `shardings` (a matching tree); one process: `jax.device_put`."""
+  import jax
+  if jax.process_count() == 1:
+    return jax.tree.map(jax.device_put, tree, shardings)
+
+  def put(a, s):
+    host = np.asarray(a)
+    return jax.make_array_from_callback(host.shape, s, lambda idx: host[idx])
+
+  return jax.tree.map(put, tree, shardings)
