@@ -222,7 +222,6 @@ def corpus_report(streams: dict) -> dict:
 
 def _build_data(config, model_cfg, tok, train_stream, eval_tokens, batch_multiple) -> RunData:
   from gca_jax.data import PasskeyConfig, make_eval_windows
-  from gca_jax.train.distributed import train_dataset   # the same batches on any process count
   d = config.data
   windows = None
   if eval_tokens is not None:
@@ -237,10 +236,10 @@ def _build_data(config, model_cfg, tok, train_stream, eval_tokens, batch_multipl
     passkey = PasskeyConfig(fraction=float(d.passkey_fraction), key_len_train=d.passkey_key_len,
                             answer_offset=d.passkey_answer_offset,
                             chunk_text=model_cfg.text_per_chunk)
-  ds = train_dataset(train_stream.tokens, seq_len=d.seq_len,
-                          global_batch_size=config.train.global_batch_size,
-                          seed=d.shuffle_seed, process_index=jax.process_index(),
-                          process_count=jax.process_count(), passkey=passkey, tokenizer=tok)
+  ds = distributed.train_dataset(   # the same global batches on any process count
+      train_stream.tokens, seq_len=d.seq_len, global_batch_size=config.train.global_batch_size,
+      seed=d.shuffle_seed, process_index=jax.process_index(),
+      process_count=jax.process_count(), passkey=passkey, tokenizer=tok)
   keys = BASE_KEYS + (("answer_mask",) if passkey is not None else ())
   return RunData(tok, ds, windows, int(len(train_stream.tokens)), eval_tokens, keys)
 
