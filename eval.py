@@ -87,6 +87,8 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from gca_jax.train import distributed
+
 TASKS = ["ppl", "passkey", "all", "ppl_length", "passkey_grid", "long", "generate"]
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "Training run directory.")
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Exported model directory (gca_jax.export).")
@@ -122,6 +124,7 @@ _COMPILE_CACHE = flags.DEFINE_string(
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Optional run config; its model section must equal the loaded one.",
     lock_config=True)
+_DIST = distributed.define_flags()   # --distributed, --coordinator_address, ... (multi-process)
 
 _FULL_TASKS = ("ppl", "passkey", "all")
 _STREAM_TASKS = ("ppl_length", "passkey_grid", "long")
@@ -310,7 +313,7 @@ def _full_forward(m, tok, stream, seq_len: int) -> dict:
     raise EvalError(f"--mesh={','.join(_MESH.value)}: {e}") from e
   model = DRT(m.config)
   _, shardings = abstract_params(model, mesh)
-  params = jax.tree.map(jax.device_put, m.params, shardings)
+  params = distributed.put_global(m.params, shardings)   # any process count
   ev = Evaluator(model, mesh, shardings)
   result = {}
   if "ppl" in todo:
@@ -389,6 +392,7 @@ def _long_context(m, tok, stream, seq_len: int) -> dict:
 
 
 def evaluate() -> dict:
+  distributed.initialize_from_flags(_DIST)   # before anything touches jax devices
   import jax
 
   if _COMPILE_CACHE.value:

@@ -22,12 +22,12 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from gca_jax.train import distributed
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Run config file (configs/*.py) with get_config(); override fields with "
     "--config.section.field=value.", lock_config=True)
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() (multi-host; reads the cluster "
-    "environment: SLURM, TPU pods, or the JAX_COORDINATOR_* variables).")
+_DIST = distributed.define_flags()   # --distributed, --coordinator_address, ... (multi-process)
 _COMPILE_CACHE = flags.DEFINE_string(
     "compilation_cache", "", "Directory for JAX's persistent compilation cache ('' = off).")
 
@@ -85,9 +85,8 @@ def main(argv):
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required (e.g. --config configs/tiny.py)")
+  distributed.initialize_from_flags(_DIST)   # before anything touches jax devices
   import jax
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize()
   if _COMPILE_CACHE.value:
     jax.config.update("jax_compilation_cache_dir", _COMPILE_CACHE.value)
   from gca_jax.config import ConfigError

@@ -37,7 +37,7 @@ import numpy as np
 
 from gca_jax.models.drt import DRT, resolved_impls
 from gca_jax.sharding import make_mesh
-from gca_jax.train import run_config as rc
+from gca_jax.train import distributed, run_config as rc
 from gca_jax.data.corpus import CorpusError
 from gca_jax.train.checkpoint import Checkpointer, CheckpointError
 from gca_jax.train.metrics import MetricsLogger
@@ -221,7 +221,7 @@ def corpus_report(streams: dict) -> dict:
 
 
 def _build_data(config, model_cfg, tok, train_stream, eval_tokens, batch_multiple) -> RunData:
-  from gca_jax.data import PasskeyConfig, make_eval_windows, make_train_dataset
+  from gca_jax.data import PasskeyConfig, make_eval_windows
   d = config.data
   windows = None
   if eval_tokens is not None:
@@ -236,10 +236,10 @@ def _build_data(config, model_cfg, tok, train_stream, eval_tokens, batch_multipl
     passkey = PasskeyConfig(fraction=float(d.passkey_fraction), key_len_train=d.passkey_key_len,
                             answer_offset=d.passkey_answer_offset,
                             chunk_text=model_cfg.text_per_chunk)
-  ds = make_train_dataset(train_stream.tokens, seq_len=d.seq_len,
-                          global_batch_size=config.train.global_batch_size,
-                          seed=d.shuffle_seed, process_index=jax.process_index(),
-                          process_count=jax.process_count(), passkey=passkey, tokenizer=tok)
+  ds = distributed.train_dataset(   # the same global batches on any process count
+      train_stream.tokens, seq_len=d.seq_len, global_batch_size=config.train.global_batch_size,
+      seed=d.shuffle_seed, process_index=jax.process_index(),
+      process_count=jax.process_count(), passkey=passkey, tokenizer=tok)
   keys = BASE_KEYS + (("answer_mask",) if passkey is not None else ())
   return RunData(tok, ds, windows, int(len(train_stream.tokens)), eval_tokens, keys)
 
@@ -349,7 +349,13 @@ def _train(config, *, hooks: TrainHooks | None = None, devices=None,
   feedback = hasattr(it, "report")   # the curriculum reads each step's answer accuracy
   tokens_seen = 0
   if latest is not None:
-    _, state, _ = ckpt.restore(latest, abstract, iterator=it)
+    saved_pc = distributed.saved_process_count(ckpt.directory, latest)
+    resliced = saved_pc is not None and saved_pc != jax.process_count()
+    _, state, _ = ckpt.restore(latest, abstract, iterator=None if resliced else it)
+    if resliced:   # saved by another process count: the same data position, re-sliced
+      distributed.restore_resliced(ckpt.directory, latest, it, jax.process_count())
+      say(f"data-iterator state of {saved_pc} process(es) re-sliced for {jax.process_count()}"
+          + ("; the recall batches differ from an uninterrupted run" if feedback else ""))
     start_step = int(jax.device_get(state.step))
     if start_step != latest:
       raise CheckpointError(f"checkpoint {latest} holds state.step={start_step}")
