@@ -249,6 +249,8 @@ def test_pip_install_gives_working_console_scripts(tmp_path):
   the installed package, not taken from the checkout."""
   pytest.importorskip("setuptools", reason="the test extra's setuptools builds the wheel offline")
   import site
+
+  import gca_jax
   venv = tmp_path / "venv"
   subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
                  timeout=120)
@@ -278,14 +280,15 @@ def test_pip_install_gives_working_console_scripts(tmp_path):
   code = ("import json, gca_jax, gca_jax.configs.swa_128m as s; from gca_jax import cli; "
           "from importlib import metadata as md; m = md.metadata('gca_jax'); "
           "print(json.dumps([gca_jax.__file__, cli.shipped_configs(), cli.resolve_config('tiny'), "
-          "s.get_config().model.model_kind, m['License-Expression'], "
+          "s.get_config().model.model_kind, m['License-Expression'], m['Version'], "
           "sorted(e.name for e in md.entry_points(group='console_scripts') "
           "if e.value.startswith('gca_jax'))]))")
   q = subprocess.run([str(py), "-c", code], cwd=str(tmp_path), env=env, capture_output=True,
                      text=True, timeout=120)
   assert q.returncode == 0, q.stderr[-2000:]
-  init, names, tiny, kind, lic, scripts = json.loads(q.stdout)
+  init, names, tiny, kind, lic, version, scripts = json.loads(q.stdout)
   site_dir = os.path.join(purelib.strip(), "gca_jax")
   assert init == os.path.join(site_dir, "__init__.py")
   assert names == SHIPPED and tiny == os.path.join(site_dir, "configs", "tiny.py")
-  assert kind == "swa" and lic == "Apache-2.0" and scripts == ["gca-eval", "gca-train"]
+  assert kind == "swa" and lic == "Apache-2.0" and version == gca_jax.__version__ == "0.1.0"
+  assert scripts == ["gca-eval", "gca-train"]
