@@ -47,7 +47,7 @@ names=$(printf '%s\n' "${REQS[@]}" jaxlib== chex== scipy== tensorstore== protobu
 "$VENV/bin/python" -m pip freeze 2>/dev/null | grep -iE "^($names)==" >&2
 if [ $# -eq 0 ]; then
   set -- tests/test_layers.py tests/test_drt.py tests/test_train.py tests/test_checkpoint.py \
-    tests/test_tokenizer.py tests/test_packaging.py -k "not slow"
+    tests/test_tokenizer.py tests/test_packaging.py
 fi
 rc=0
 JAX_PLATFORMS=cpu PYTHONPATH="$ROOT" "$VENV/bin/python" -m pytest -p no:cacheprovider "$@" || rc=$?
