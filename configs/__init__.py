@@ -1,1 +1,6 @@
-"""Run configs: each module has get_config() (see gca_jax/train/run_config.py)."""
+"""`import configs.tiny` in a checkout = the shipped gca_jax/configs/tiny.py (its path is this
+package's search path)."""
+
+import gca_jax.configs as _shipped
+
+__path__ = list(_shipped.__path__)

@@ -444,7 +444,7 @@ def load_run(run_dir: str, step: int | None = None) -> LoadedModel:
       config = rc.model_config(rc.from_dict(saved))
     except ValueError as e:
       raise ExportError(f"run_dir {run_dir!r}, step {cfg_step}: {e}") from e
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     try:   # step None: the newest intact step (a damaged newer one is named by one warning)
       step, params = ckpt.restore_params(step, abstract_params(config, sharding))
     except CheckpointError as e:

@@ -351,7 +351,9 @@ def _train(config, *, hooks: TrainHooks | None = None, devices=None,
   if latest is not None:
     saved_pc = distributed.saved_process_count(ckpt.directory, latest)
     resliced = saved_pc is not None and saved_pc != jax.process_count()
-    _, state, _ = ckpt.restore(latest, abstract, iterator=None if resliced else it)
+    # same process count: the newest intact step (a damaged newer one is skipped with a warning)
+    latest, state, _ = ckpt.restore(latest if resliced else None, abstract,
+                                    iterator=None if resliced else it)
     if resliced:   # saved by another process count: the same data position, re-sliced
       distributed.restore_resliced(ckpt.directory, latest, it, jax.process_count())
       say(f"data-iterator state of {saved_pc} process(es) re-sliced for {jax.process_count()}"

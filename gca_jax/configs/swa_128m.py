@@ -4,7 +4,7 @@ Depth = lower 6 + upper 6 + 2 extra layers standing in for DRT's 2-layer chunk e
 parameter count is close to DRT's. Same data and optimiser as configs/drt_128m.py.
 """
 
-from configs import drt_128m
+from gca_jax.configs import drt_128m
 
 
 def get_config():

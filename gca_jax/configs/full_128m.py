@@ -4,7 +4,7 @@ Depth = 6 + 6 + 2 extra layers (as configs/swa_128m.py). Attention cost is quadr
 seq_len; on GPU use the cuDNN kernel (`model.swa_impl="auto"` picks it for bf16).
 """
 
-from configs import drt_128m
+from gca_jax.configs import drt_128m
 
 
 def get_config():

@@ -5,7 +5,7 @@ softmax), 6 layers, same data, curriculum, optimiser and budget.
     python train.py --config configs/recall_tiny_landmark.py
 """
 
-from configs import recall_tiny
+from gca_jax.configs import recall_tiny
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """DRT "ret x2": configs/drt_128m.py with two retrieval groups of 3 upper layers (docs/method.md §1)."""
 
-from configs import drt_128m
+from gca_jax.configs import drt_128m
 
 
 def get_config():
