@@ -15,7 +15,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import train as cli  # noqa: E402  (train.py; defines its flags)
+import gca_jax.cli.train as cli  # noqa: E402  (train.py's body; defines its flags)
 from absl import app  # noqa: E402
 
 import gca_jax.train as gca_train  # noqa: E402
@@ -46,4 +46,5 @@ def _train(config, **kw):
 gca_train.train = _train   # train.py's main imports it from gca_jax.train at call time
 
 if __name__ == "__main__":
-  app.run(cli.main, flags_parser=cli._parse_flags)
+  from gca_jax.cli import train_main
+  train_main(sys.argv)   # resolves --config names / configs/X.py like train.py

@@ -20,7 +20,7 @@ PKG = os.path.join(ROOT, "gca_jax")
 CORE = ("gca_jax", "gca_jax.config", "gca_jax.ops", "gca_jax.kernels", "gca_jax.layers",
         "gca_jax.models", "gca_jax.inference", "gca_jax.sharding", "gca_jax.export")
 # import name -> distribution name (PEP 503-normalised) where they differ
-DIST = {"absl": "absl-py", "orbax": "orbax-checkpoint", "tensorboardx": "tensorboardx",
+DIST = {"absl": "absl-py", "array_record": "array-record", "orbax": "orbax-checkpoint", "tensorboardx": "tensorboardx",
         "ml_collections": "ml-collections", "ml_dtypes": "ml-dtypes"}
 # imports inside try/except ImportError that come with an extra's package: import -> extra
 OPTIONAL = {"nvidia": "gpu"}   # ops/host_store.py: the CUDA runtime of jax[cuda12]
