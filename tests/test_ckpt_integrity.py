@@ -102,6 +102,42 @@ def _restore_latest(run_dir, abstract, read_only=True):
 
 # -- the fingerprint record --------------------------------------------------------------------
 
+def _wsum32_np(a) -> str:
+  """The wsum32 checksum in plain numpy (uint64 arithmetic, reduced mod 2^32)."""
+  a = np.ascontiguousarray(a)
+  b = a.reshape(-1).view({1: np.uint8, 2: np.uint16, 4: np.uint32}[a.dtype.itemsize])
+  b = b.astype(np.uint64)
+  i = np.arange(b.size, dtype=np.uint64)
+  m = np.uint64(0xFFFFFFFF)
+  w1 = ((i * 0x9E3779B1 + 0x7F4A7C15) & m) | 1
+  w2 = ((i * 0x85EBCA77 + (i >> 7)) & m) | 1
+  s1 = int(np.sum((b * w1) & m, dtype=np.uint64) & m)
+  s2 = int(np.sum(((b ^ (b >> 16)) * w2) & m, dtype=np.uint64) & m)
+  return "%08x%08x" % (s1, s2)
+
+
+def test_wsum32_is_the_same_for_every_sharding_and_sees_one_bit():
+  """The checksum that verifies leaves sharded across processes: one value for any sharding of
+  the same array (8 fake devices here), equal to the numpy definition; one flipped bit anywhere
+  changes it."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  rng = np.random.default_rng(0)
+  a = rng.standard_normal((16, 24)).astype(np.float32)
+  mesh = make_mesh(data=2, fsdp=4, tensor=1)
+  want = _wsum32_np(a)
+  for spec in (P(), P("fsdp"), P(None, "fsdp"), P("data", "fsdp"), P(("data", "fsdp"))):
+    x = jax.device_put(a, NamedSharding(mesh, spec))
+    assert fp.fingerprint_tree({"a": x}, hash_host=False)["leaves"]["a"]["wsum32"] == want, spec
+  bf = rng.standard_normal(37).astype(ml_dtypes.bfloat16)
+  assert fp.fingerprint_tree({"b": bf})["leaves"]["b"]["wsum32"] == _wsum32_np(bf)
+  bits = a.view(np.uint32)
+  for idx in [(0, 0), (7, 13), (15, 23)]:
+    for bit in (0, 17, 31):
+      b2 = bits.copy()
+      b2[idx] ^= np.uint32(1 << bit)
+      got = fp.fingerprint_tree({"a": b2.view(np.float32)}, hash_host=False)["leaves"]["a"]
+      assert got["wsum32"] != want, (idx, bit)
+
 def test_fingerprint_record():
   tree = {"a": np.arange(6, dtype=np.float32).reshape(2, 3),
           "b": [np.ones(4, ml_dtypes.bfloat16), np.int32(7)]}
@@ -109,13 +145,17 @@ def test_fingerprint_record():
   assert rec["version"] == 1 and rec["algorithm"] == "sha256"
   assert sorted(rec["leaves"]) == ["a", "b/0", "b/1"]
   assert rec["leaves"]["a"] == {"shape": [2, 3], "dtype": "float32",
-                                "sha256": hashlib.sha256(tree["a"].tobytes()).hexdigest()}
+                                "sha256": hashlib.sha256(tree["a"].tobytes()).hexdigest(),
+                                "wsum32": _wsum32_np(tree["a"])}
   assert rec["leaves"]["b/0"]["dtype"] == "bfloat16"
   assert rec["leaves"]["b/0"]["sha256"] == hashlib.sha256(b"\x80\x3f" * 4).hexdigest()
   assert fp.mismatches(rec, tree) == []
   changed = {"a": tree["a"].copy(), "b": tree["b"]}
   changed["a"][1, 2] = np.nextafter(np.float32(5), np.float32(6))   # one ulp
   assert fp.mismatches(rec, changed) == [("a", "bytes differ from the saved sha256")]
+  no_sha = {k: {f: v for f, v in e.items() if f != "sha256"} for k, e in rec["leaves"].items()}
+  assert fp.mismatches({**rec, "leaves": no_sha}, changed) == [
+      ("a", "bytes differ from the saved wsum32 checksum")]   # as a sharded leaf is verified
   assert fp.mismatches(rec, {"a": np.zeros((3, 2), np.float32), "b": tree["b"]}) == [
       ("a", "shape [3, 2] != saved [2, 3]")]
   assert fp.mismatches(rec, {"c": np.zeros(1)}) == [("c", "has no saved fingerprint")]
@@ -131,7 +171,7 @@ def test_saved_fingerprints_match_the_state(saved):
   emb = np.asarray(states[4].params["embedding"])
   assert rec["leaves"]["params/embedding"] == {
       "shape": list(emb.shape), "dtype": "float32",
-      "sha256": hashlib.sha256(emb.tobytes()).hexdigest()}
+      "sha256": hashlib.sha256(emb.tobytes()).hexdigest(), "wsum32": _wsum32_np(emb)}
   assert len(rec["leaves"]) == len(jax.tree.leaves(states[4]))
   with open(os.path.join(_step_dir(base, 4), "meta", "metadata")) as f:
     assert json.load(f)["fingerprints"] == 1

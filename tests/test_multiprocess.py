@@ -247,6 +247,35 @@ def test_resume_one_process_checkpoint_in_two_processes(dirs, one_process):
   assert abs(evals[0]["eval_loss"] - evals[1]["eval_loss"]) <= TOL, evals
 
 
+def test_two_process_checkpoint_verifies_the_leaves_no_process_sees_whole(dirs, two_processes,
+                                                                         one_process):
+  """Leaves sharded across the two processes cannot be hashed by one process: their wsum32
+  checksum (computed collectively) verifies them; bytes flipped in process 0's part of step 4 are
+  found on the 2-process resume, which falls back to step 3 and reproduces the reference."""
+  run = os.path.join(dirs["base"], "two_flipped")
+  shutil.copytree(two_processes[0], run)
+  with open(os.path.join(run, "checkpoints", str(PREEMPT), "fingerprints", "metadata")) as f:
+    leaves = json.load(f)["leaves"]
+  skipped = [k for k, v in leaves.items() if "skipped" in v]
+  assert "params/embedding" in skipped, skipped   # fsdp over the 2 processes
+  assert all(len(v.get("wsum32", "")) == 16 for v in leaves.values()), leaves
+  files = [os.path.join(root, f) for root, _, fs in
+           os.walk(os.path.join(run, "checkpoints", str(PREEMPT), "state")) for f in fs
+           if "ocdbt.process_0" in root and os.sep + "d" in root]
+  target = max(files, key=os.path.getsize)
+  with open(target, "r+b") as f:
+    f.seek(os.path.getsize(target) // 2)
+    b = f.read(1)
+    f.seek(-1, 1)
+    f.write(bytes([b[0] ^ 0xFF]))
+  la = Launch(run + ".logs", _flags(run, dirs["cache"], dirs["cc"], **NO_EVAL), processes=2,
+              devices=1)
+  la.wait()
+  out = la.output(0)
+  assert f"checkpoint step {PREEMPT} is damaged" in out and "wsum32" in out, la.report()
+  _assert_same(_losses(run, since_resume_at=3), one_process[1], range(4, STEPS + 1))
+
+
 # -- flags ----------------------------------------------------------------------------------------
 
 def test_launch_spec_validation():

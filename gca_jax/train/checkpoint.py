@@ -9,8 +9,9 @@ Items of step N (taken after N optimizer updates):
   config       - the full run config as JSON (eval.py rebuilds the model from it).
   meta         - JSON: step, wall time, tokens seen, jax/process info, "fingerprints": 1.
   fingerprints - JSON (written by process 0): sha256 + shape + dtype of every state leaf, keyed by
-                 its tree path (`gca_jax.train.fingerprint`); leaves sharded across processes are
-                 recorded as skipped, with the reason.
+                 its tree path (`gca_jax.train.fingerprint`), and a sharding-independent
+                 checksum ("wsum32") of every leaf, which also verifies leaves sharded across
+                 processes and restores onto another process count.
 
 Atomicity: Orbax writes a step into `<N>.orbax-checkpoint-tmp-*` and renames it to `<N>` only
 when every item is complete (and, on object stores, writes a commit marker). A step directory
@@ -233,9 +234,9 @@ class Checkpointer:
         "state": ocp.args.StandardSave(state),
         "config": ocp.args.JsonSave(config),
         "meta": ocp.args.JsonSave(m),
-        # written by process 0 only (JsonSave), so only it hashes
-        FINGERPRINTS: ocp.args.JsonSave(fp.fingerprint_tree(state)
-                                        if jax.process_index() == 0 else {}),
+        # collective (the wsum32 checksums); written by process 0 only (JsonSave)
+        FINGERPRINTS: ocp.args.JsonSave(fp.fingerprint_tree(
+            state, hash_host=jax.process_index() == 0)),
     }
     if iterator_state is not None:
       items["data_iter"] = grain.checkpoint.CheckpointSave(_IteratorSnapshot(iterator_state))
