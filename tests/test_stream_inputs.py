@@ -85,6 +85,10 @@ def test_stream_memory_check_device(params, monkeypatch):
             f"logits {_mib(logits)}), {_mib(need - 1)} available") in msg
     assert f'memory="host" (moves {_mib(host["host"])} of chunk memory' in msg
     assert "a smaller batch (batch 4 -> 3)" in msg
+    from gca_jax.cli.eval import _as_flags    # eval.py names its own flags instead
+    flags = _as_flags(msg)
+    assert "--memory=host (moves" in flags and "--batch_size 3 (now 4)" in flags, flags
+    assert 'memory="' not in flags and "--memory=device" not in flags
   assert TRACE_COUNTS["step"] == traces        # refused before anything ran
   # host placement: the device part fits, the chunk memory goes to host RAM
   _fake_available(monkeypatch, need - 1, 10**12)

@@ -81,6 +81,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 
@@ -386,9 +387,15 @@ def _long_context(m, tok, stream, seq_len: int) -> dict:
         plots.plot_passkey_grid(g, out_dir, metric="whole_key_accuracy", prefix="passkey_whole")
   except NotImplementedError as e:
     raise EvalError(f"streaming engine: {e} (try --memory=device)") from e
-  except ValueError as e:  # LengthFitError included
-    raise EvalError(str(e)) from e
+  except ValueError as e:  # LengthFitError / StreamMemoryError included
+    raise EvalError(_as_flags(str(e))) from e
   return result
+
+
+def _as_flags(msg: str) -> str:
+  """The API's remedies in a memory error as this script's flags."""
+  msg = re.sub(r'memory="(\w+)"', r"--memory=\1", msg)
+  return re.sub(r"a smaller batch \(batch (\d+) -> (\d+)\)", r"--batch_size \2 (now \1)", msg)
 
 
 def evaluate() -> dict:
