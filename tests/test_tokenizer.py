@@ -154,3 +154,38 @@ def test_train_tokenizer_cli(tmp_path):
                         "--model_prefix", str(tmp_path / "x"), "--vocab_size", "400"],
                        capture_output=True, text=True, timeout=120)
   assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+def test_load_and_train_through_epath_cloud_paths(tmp_path, tok):
+  """gs:// tokenizer paths go through etils.epath (a mocked bucket mapped to tmp_path here): the
+  model loads from it, hashes the same bytes, and train_tokenizer writes to it."""
+  from etils import epath
+  from etils.epath import testing as ept
+  bucket = tmp_path / "bucket"
+  bucket.mkdir()
+
+  def local(p):
+    s = os.fspath(p)
+    return s.replace("gs://bucket", str(bucket)) if s.startswith("gs://bucket") else s
+
+  def redirect(fn, path, *a, **k):
+    return fn(local(path), *a, **k)
+
+  fns = {n: redirect for n in ("open", "exists", "isdir", "makedirs", "mkdir", "stat", "listdir",
+                               "glob", "remove", "rename", "replace")}
+  (bucket / "gca_tiny.model").write_bytes(Path(SHIPPED).read_bytes())
+  with ept.mock_epath(**fns):
+    assert epath.Path("gs://bucket/gca_tiny.model").exists()
+    cloud = Tokenizer.load("gs://bucket/gca_tiny.model")
+    assert cloud.model_path == "gs://bucket/gca_tiny.model"
+    assert cloud.sha256 == tok.sha256 and cloud.vocab_size == tok.vocab_size
+    text = "Call me Ishmael. Some years ago"
+    assert cloud.encode(text) == tok.encode(text)
+    with pytest.raises(FileNotFoundError, match="gs://bucket/missing.model"):
+      Tokenizer.load("gs://bucket/missing.model")
+    out = train_tokenizer(VALID, "gs://bucket/sub/tiny", 400)
+    assert out == "gs://bucket/sub/tiny.model"
+  assert (bucket / "sub" / "tiny.model").stat().st_size > 1000
+  (tmp_path / "junk.model").write_bytes(b"not a model")
+  with pytest.raises(CorpusError, match="not a SentencePiece model"):
+    Tokenizer.load(tmp_path / "junk.model")

@@ -14,11 +14,11 @@ import functools
 import hashlib
 import io
 import os
-from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import sentencepiece as spm
+from etils import epath
 
 from gca_jax.data.corpus import CorpusError, read_documents
 
@@ -106,7 +106,7 @@ def train_tokenizer(files: Sequence[str] | str, model_prefix: str, vocab_size: i
     _train(docs, model, vocab_size, max_sentence_length, split_digits, num_threads)
   except RuntimeError as e:
     raise CorpusError(f"training a {vocab_size}-piece tokenizer on {paths}: {e}") from e
-  out = Path(f"{model_prefix}.model")
+  out = epath.Path(f"{model_prefix}.model")
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_bytes(model.getvalue())
   return str(out)
@@ -115,9 +115,11 @@ def train_tokenizer(files: Sequence[str] | str, model_prefix: str, vocab_size: i
 class Tokenizer:
   """A loaded SentencePiece model: `encode`, `decode`, `eot_id`, `vocab_size`."""
 
-  def __init__(self, processor: spm.SentencePieceProcessor, model_path: str):
+  def __init__(self, processor: spm.SentencePieceProcessor, model_path: str,
+               model_bytes: bytes | None = None):
     self._sp = processor
     self.model_path = model_path
+    self._bytes = model_bytes
     eot = processor.piece_to_id(EOT_PIECE)
     if processor.id_to_piece(eot) != EOT_PIECE:
       eot = processor.eos_id()
@@ -127,10 +129,17 @@ class Tokenizer:
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> "Tokenizer":
+    """From a local path or any `etils.epath` one (gs://...)."""
+    p = epath.Path(path)
     path = str(path)
-    if not os.path.isfile(path):
+    if not p.is_file():
       raise FileNotFoundError(f"tokenizer model {path!r} does not exist")
-    return cls(spm.SentencePieceProcessor(model_file=path), path)
+    data = p.read_bytes()
+    try:
+      sp = spm.SentencePieceProcessor(model_proto=data)
+    except RuntimeError as e:
+      raise CorpusError(f"tokenizer model {path!r} is not a SentencePiece model ({e})") from e
+    return cls(sp, path, data)
 
   @property
   def vocab_size(self) -> int:
@@ -163,4 +172,5 @@ class Tokenizer:
   @functools.cached_property
   def sha256(self) -> str:
     """Hash of the model file (it names token caches)."""
-    return hashlib.sha256(Path(self.model_path).read_bytes()).hexdigest()
+    data = self._bytes if self._bytes is not None else epath.Path(self.model_path).read_bytes()
+    return hashlib.sha256(data).hexdigest()

@@ -201,6 +201,26 @@ def _replaceable(path: str) -> bool:
     return False
 
 
+def _read_tokenizer(path) -> bytes:
+  """The tokenizer model's bytes from a local path or, through etils.epath (the train extra),
+  a cloud one (gs://...)."""
+  path = os.fspath(path)
+  if "://" in path:
+    try:
+      from etils import epath  # noqa: PLC0415 - only for cloud paths; the core needs no etils
+    except ImportError as e:
+      raise ExportError(f"tokenizer={path!r}: cloud paths need etils[epath] "
+                        "(pip install 'gca_jax[train]')") from e
+    p = epath.Path(path)
+    if not p.is_file():
+      raise ExportError(f"tokenizer={path!r}: no such file")
+    return p.read_bytes()
+  if not os.path.isfile(path):
+    raise ExportError(f"tokenizer={path!r}: no such file (cwd {os.getcwd()})")
+  with open(path, "rb") as f:
+    return f.read()
+
+
 def _atomic_dir(out_dir: str, write) -> None:
   """Runs `write(tmp_dir)` in a fresh temp dir beside `out_dir`, fsyncs it, then renames it to
   `out_dir`. An existing `out_dir` is replaced only after the new one is complete: it is moved
@@ -322,8 +342,7 @@ def save_model(out_dir: str, params, config: DRTConfig, *, tokenizer: str | None
     params = params["params"]
   flat = {k: _cast(v, dt) for k, v in flatten_params(params).items()}
   _check_flat(flat, config, "params")
-  if tokenizer is not None and not os.path.isfile(tokenizer):
-    raise ExportError(f"tokenizer={tokenizer!r}: no such file (cwd {os.getcwd()})")
+  tok_bytes = _read_tokenizer(tokenizer) if tokenizer else None
   info = {"format": FORMAT, "version": VERSION, "model": config.to_dict(),
           "tokenizer": TOKENIZER_FILE if tokenizer else None, "meta": dict(meta or {})}
   try:
@@ -334,8 +353,9 @@ def save_model(out_dir: str, params, config: DRTConfig, *, tokenizer: str | None
   def write(tmp: str):
     safetensors_io.save_file(os.path.join(tmp, PARAMS_FILE), flat,
                              {"format": FORMAT, "version": str(VERSION)})
-    if tokenizer:
-      shutil.copyfile(tokenizer, os.path.join(tmp, TOKENIZER_FILE))
+    if tok_bytes is not None:
+      with open(os.path.join(tmp, TOKENIZER_FILE), "wb") as f:
+        f.write(tok_bytes)
     with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
       f.write(json.dumps({**info, FILES_KEY: file_checksums(tmp)}, indent=1) + "\n")
 
