@@ -47,7 +47,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from gca_jax.train import fingerprint as fp
+from gca_jax.train import fingerprint as fp, fs
 
 CHECKPOINT_SUBDIR = "checkpoints"
 DAMAGED_SUBDIR = "damaged_checkpoints"
@@ -159,7 +159,7 @@ def state_to_jsonable(state: Any) -> Any:
 
 
 def checkpoint_dir(run_dir: str) -> str:
-  return os.path.join(os.path.abspath(run_dir), CHECKPOINT_SUBDIR)
+  return fs.join(fs.abspath(run_dir), CHECKPOINT_SUBDIR)
 
 
 def _all_processes_ok(ok: bool) -> bool:
@@ -188,7 +188,7 @@ class Checkpointer:
     self.directory = checkpoint_dir(run_dir)
     self.read_only = read_only
     self.warn = warn or _default_warn
-    if read_only and not os.path.isdir(self.directory):
+    if read_only and not fs.isdir(self.directory):
       raise CheckpointError(f"no checkpoint directory {self.directory!r} (is --run_dir right?)")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None if read_only else keep,
@@ -220,7 +220,7 @@ class Checkpointer:
     return step
 
   def step_dir(self, step: int) -> str:
-    return os.path.join(self.directory, str(step))
+    return fs.join(self.directory, str(step))
 
   # -- save ----------------------------------------------------------------------------------
   def save(self, step: int, state, iterator_state: dict | None, config: dict,
@@ -263,13 +263,13 @@ class Checkpointer:
   def _fingerprints(self, step: int) -> dict | None:
     """The step's fingerprint record; None for a step saved without one (older gca_jax)."""
     sd = self.step_dir(step)
-    if not os.path.isfile(os.path.join(sd, "state", "_METADATA")):
+    if not fs.isfile(fs.join(sd, "state", "_METADATA")):
       raise CheckpointDamagedError(step, "state/_METADATA is missing", sd)
     try:
       meta = self.restore_meta(step)
     except Exception as e:  # noqa: BLE001 - one line naming the step and the cause
       raise CheckpointDamagedError(step, f"its meta item cannot be read ({_cause(e)})", sd) from e
-    has_item = os.path.isdir(os.path.join(sd, FINGERPRINTS))
+    has_item = fs.isdir(fs.join(sd, FINGERPRINTS))
     if not has_item and FINGERPRINTS not in meta:
       return None
     if not has_item:
@@ -343,10 +343,10 @@ class Checkpointer:
       return None
     dest = None
     if jax.process_index() == 0:
-      root = os.path.join(os.path.dirname(self.directory), DAMAGED_SUBDIR)
-      os.makedirs(root, exist_ok=True)
-      dest = os.path.join(root, f"{step}.{int(time.time())}")
-      shutil.move(self.step_dir(step), dest)
+      root = fs.join(fs.dirname(self.directory), DAMAGED_SUBDIR)
+      fs.makedirs(root)
+      dest = fs.join(root, f"{step}.{int(time.time())}")
+      fs.move(self.step_dir(step), dest)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # noqa: PLC0415
       multihost_utils.sync_global_devices(f"gca_jax_move_damaged_{step}")
@@ -367,13 +367,13 @@ class Checkpointer:
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     step_dir = self.step_dir(step)
     if iterator is not None:
-      iter_dir = os.path.join(step_dir, "data_iter")
-      if not os.path.isdir(iter_dir):
+      iter_dir = fs.join(step_dir, "data_iter")
+      if not fs.isdir(iter_dir):
         raise CheckpointError(f"checkpoint step {step} has no data iterator state")
       n, i = jax.process_count(), jax.process_index()
-      mine = os.path.join(iter_dir, f"process_{i}-of-{n}.json")
-      if not os.path.isfile(mine):
-        others = sorted(f for f in os.listdir(iter_dir)
+      mine = fs.join(iter_dir, f"process_{i}-of-{n}.json")
+      if not fs.isfile(mine):
+        others = sorted(f for f in fs.listdir(iter_dir)
                         if f.startswith("process_") and not f.endswith(f"-of-{n}.json"))
         if others:
           raise CheckpointError(

@@ -26,6 +26,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from gca_jax.train import fs
+
 FLAG_NAMES = ("coordinator_address", "num_processes", "process_id")
 
 
@@ -207,26 +209,25 @@ _STATE_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json$")
 
 def saved_process_count(checkpoint_dir: str, step: int) -> int | None:
   """The process count that wrote the data-iterator state of `step` (None: no such state)."""
-  d = os.path.join(checkpoint_dir, str(step), "data_iter")
-  counts = {int(m.group(2)) for m in map(_STATE_FILE.match, os.listdir(d) if
-                                          os.path.isdir(d) else []) if m}
+  d = fs.join(checkpoint_dir, str(step), "data_iter")
+  counts = {int(m.group(2)) for m in map(_STATE_FILE.match, fs.listdir(d) if
+                                          fs.isdir(d) else []) if m}
   return counts.pop() if len(counts) == 1 else None
 
 
 def saved_states(checkpoint_dir: str, step: int) -> tuple[int, list[dict]]:
   """(process count, [state of process 0, 1, ...]) of the data-iterator state of `step`."""
   from gca_jax.train.checkpoint import CheckpointError
-  d = os.path.join(checkpoint_dir, str(step), "data_iter")
+  d = fs.join(checkpoint_dir, str(step), "data_iter")
   n = saved_process_count(checkpoint_dir, step)
   if n is None:
     raise CheckpointError(f"checkpoint step {step}: no data-iterator state of one process count "
                           f"in {d}")
   out = []
   for i in range(n):
-    path = os.path.join(d, f"process_{i}-of-{n}.json")
+    path = fs.join(d, f"process_{i}-of-{n}.json")
     try:
-      with open(path) as f:
-        out.append(json.load(f))
+      out.append(json.loads(fs.read_text(path)))
     except (OSError, ValueError) as e:
       raise CheckpointError(f"checkpoint step {step} is damaged: its data-iterator state {path} "
                             f"cannot be read ({e})") from e

@@ -4,7 +4,9 @@ The lock file is written completely to a temporary file and then hard-linked int
 fails if it exists). A second trainer on the same run_dir refuses with `RunDirLockedError`
 naming the holder. A lock left by a dead pid on this host (kill -9) is taken over with a warning;
 a lock of another host cannot be checked from here and is refused (delete the file if that host's
-trainer is gone).
+trainer is gone). On a cloud run_dir (gs://...) there is no atomic create-if-absent: the lock is
+written when absent and read back, which refuses a second trainer unless both write within the
+same moment.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import socket
 import time
 from typing import Callable
 
+from gca_jax.train import fs
 from gca_jax.train.checkpoint import CheckpointError
 
 LOCK_FILE = "train.lock"
@@ -36,11 +39,16 @@ def _alive(pid: int) -> bool:
 
 class RunDirLock:
   def __init__(self, run_dir: str, warn: Callable[[str], None] = print):
-    self.path = os.path.join(run_dir, LOCK_FILE)
+    self.path = fs.join(run_dir, LOCK_FILE)
     self.warn = warn
     self.info = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
 
   def _try_create(self) -> bool:
+    if not fs.is_local(self.path):
+      if fs.exists(self.path):
+        return False
+      fs.write_text_atomic(self.path, json.dumps(self.info))
+      return self._read() == self.info
     tmp = f"{self.path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
       json.dump(self.info, f)
@@ -56,11 +64,7 @@ class RunDirLock:
     for _ in range(3):
       if self._try_create():
         return self
-      try:
-        with open(self.path) as f:
-          held = json.load(f)
-      except (OSError, ValueError):
-        held = {}
+      held = self._read()
       pid, host = held.get("pid"), held.get("host")
       since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(held.get("time", 0)))
       if (host == self.info["host"] and isinstance(pid, int) and pid != os.getpid()
@@ -68,21 +72,27 @@ class RunDirLock:
         self.warn(f"warning: taking over the stale lock {self.path} of pid {pid} on {host} "
                   f"(that process is gone)")
         try:
-          os.remove(self.path)
-        except FileNotFoundError:
+          fs.remove(self.path)
+        except (FileNotFoundError, OSError):
           pass
         continue
       raise RunDirLockedError(
-          f"run_dir {os.path.dirname(self.path)!r} is in use by pid {pid} on host {host} "
+          f"run_dir {fs.dirname(self.path)!r} is in use by pid {pid} on host {host} "
           f"(since {since}; lock file {self.path}); wait for it, use another run_dir, or delete "
           f"the lock file if that trainer is gone")
     raise RunDirLockedError(f"could not take the lock {self.path}")
 
-  def release(self) -> None:
+  def _read(self) -> dict:
     try:
-      with open(self.path) as f:
-        held = json.load(f)
-      if held.get("pid") == self.info["pid"] and held.get("host") == self.info["host"]:
-        os.remove(self.path)
+      held = json.loads(fs.read_text(self.path))
     except (OSError, ValueError):
-      pass
+      return {}
+    return held if isinstance(held, dict) else {}
+
+  def release(self) -> None:
+    held = self._read()
+    if held.get("pid") == self.info["pid"] and held.get("host") == self.info["host"]:
+      try:
+        fs.remove(self.path)
+      except OSError:
+        pass

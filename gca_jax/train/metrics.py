@@ -13,21 +13,25 @@ TensorBoard scalars go to `<run_dir>/tensorboard` under the tags
 
 Resume: records of steps after the resumed checkpoint (written by the interrupted run after its
 last save) are dropped from `metrics.jsonl`, and TensorBoard is opened with `purge_step`, so both
-show one consistent history. Only process 0 writes.
+show one consistent history. Only process 0 writes. On a cloud run_dir (gs://...), which has no
+append, records are buffered and the object is rewritten at most every `CLOUD_FLUSH_S` seconds
+and at every event, eval, flush and close.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from typing import Any, Mapping
 
 from tqdm.auto import tqdm
 
+from gca_jax.train import fs
+
 METRICS_FILE = "metrics.jsonl"
+CLOUD_FLUSH_S = 30.0
 TB_SUBDIR = "tensorboard"
 
 
@@ -40,18 +44,17 @@ def _plain(v: Any) -> Any:
 
 
 def read_metrics(run_dir: str) -> list[dict]:
-  path = os.path.join(run_dir, METRICS_FILE)
-  if not os.path.exists(path):
+  path = fs.join(run_dir, METRICS_FILE)
+  if not fs.exists(path):
     return []
   out = []
-  with open(path) as f:
-    for line in f:
-      line = line.strip()
-      if line:
-        try:
-          out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a crash
-          continue
+  for line in fs.read_text(path).splitlines():
+    line = line.strip()
+    if line:
+      try:
+        out.append(json.loads(line))
+      except json.JSONDecodeError:  # a line cut by a crash
+        continue
   return out
 
 
@@ -62,16 +65,18 @@ class MetricsLogger:
                enabled: bool = True, progress_bar: bool | None = None):
     self.enabled = enabled
     self.run_dir = run_dir
-    self.path = os.path.join(run_dir, METRICS_FILE)
+    self.path = fs.join(run_dir, METRICS_FILE)
     self._tb = None
     self._bar = None
+    self._pending: list[str] = []
+    self._last_upload = time.time()
     if not enabled:
       return
-    os.makedirs(run_dir, exist_ok=True)
+    fs.makedirs(run_dir)
     self._truncate_after(start_step)
     try:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(run_dir, TB_SUBDIR),
+      self._tb = SummaryWriter(fs.join(run_dir, TB_SUBDIR),
                                purge_step=start_step + 1 if start_step > 0 else None)
     except Exception as e:  # TensorBoard is telemetry; never fail training for it
       print(f"[metrics] TensorBoard disabled: {e}", file=sys.stderr)
@@ -87,15 +92,19 @@ class MetricsLogger:
       return
     keep = [r for r in records if int(r.get("step", 0)) <= step]
     if len(keep) != len(records):
-      tmp = self.path + ".tmp"
-      with open(tmp, "w") as f:
-        for r in keep:
-          f.write(json.dumps(r) + "\n")
-      os.replace(tmp, self.path)
+      fs.write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
-  def _write(self, record: Mapping[str, Any]) -> None:
-    with open(self.path, "a") as f:
-      f.write(json.dumps({k: _plain(v) for k, v in record.items()}) + "\n")
+  def _write(self, record: Mapping[str, Any], now: bool = False) -> None:
+    self._pending.append(json.dumps({k: _plain(v) for k, v in record.items()}) + "\n")
+    if (fs.is_local(self.path) or now
+        or time.time() - self._last_upload >= CLOUD_FLUSH_S):
+      self._upload()
+
+  def _upload(self) -> None:
+    if self._pending:
+      fs.append_lines(self.path, self._pending)
+      self._pending = []
+    self._last_upload = time.time()
 
   def message(self, text: str) -> None:
     """A log line that does not break the progress bar."""
@@ -108,7 +117,7 @@ class MetricsLogger:
 
   def event(self, step: int, event: str, **info) -> None:
     if self.enabled:
-      self._write({"step": int(step), "event": event, "time": time.time(), **info})
+      self._write({"step": int(step), "event": event, "time": time.time(), **info}, now=True)
 
   def train(self, step: int, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:
@@ -125,7 +134,7 @@ class MetricsLogger:
     if not self.enabled:
       return
     self._write({"step": int(step), **{k: _plain(v) for k, v in metrics.items()},
-                 "time": time.time()})
+                 "time": time.time()}, now=True)
     if self._tb is not None:
       for k, v in metrics.items():
         v = _plain(v)
@@ -143,10 +152,14 @@ class MetricsLogger:
     self._bar.refresh()
 
   def flush(self) -> None:
+    if self.enabled:
+      self._upload()
     if self._tb is not None:
       self._tb.flush()
 
   def close(self) -> None:
+    if self.enabled:
+      self._upload()
     if self._bar is not None:
       self._bar.close()
       self._bar = None

@@ -37,7 +37,7 @@ import numpy as np
 
 from gca_jax.models.drt import DRT, resolved_impls
 from gca_jax.sharding import make_mesh
-from gca_jax.train import distributed, run_config as rc
+from gca_jax.train import distributed, fs, run_config as rc
 from gca_jax.data.corpus import CorpusError
 from gca_jax.train.checkpoint import Checkpointer, CheckpointError
 from gca_jax.train.metrics import MetricsLogger
@@ -196,7 +196,7 @@ def build_data(config, model_cfg, batch_multiple: int = 1, *, run_dir: str | Non
     eval_tokens = np.asarray(streams["eval"].tokens)
   report = corpus_report(streams)
   if run_dir is not None and jax.process_index() == 0:
-    _write_json(os.path.join(run_dir, CORPUS_REPORT), report)
+    _write_json(fs.join(run_dir, CORPUS_REPORT), report)
   for name, st in streams.items():
     if st.stats.skipped or st.stats.ignored_files:
       (say or print)(f"warning: corpus data.{name}_path: {st.stats.summary()} (all names in "
@@ -272,14 +272,11 @@ def _fmt_eta(seconds: float) -> str:
 
 
 def _write_json(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  fs.write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
 def _write_config_json(run_dir: str, cfg_dict: dict) -> None:
-  _write_json(os.path.join(run_dir, "config.json"), cfg_dict)
+  _write_json(fs.join(run_dir, "config.json"), cfg_dict)
 
 
 # -- the loop --------------------------------------------------------------------------------
@@ -295,8 +292,8 @@ def train(config, *, hooks: TrainHooks | None = None, devices=None,
   run_dir = config.get("run_dir") if hasattr(config, "get") else None
   if not isinstance(run_dir, str) or not run_dir or jax.process_index() != 0:
     return _train(config, hooks=hooks, devices=devices, message=message)
-  os.makedirs(os.path.abspath(run_dir), exist_ok=True)
-  lock = RunDirLock(os.path.abspath(run_dir), warn=message or print).acquire()
+  fs.makedirs(fs.abspath(run_dir))
+  lock = RunDirLock(fs.abspath(run_dir), warn=message or print).acquire()
   try:
     return _train(config, hooks=hooks, devices=devices, message=message)
   finally:
@@ -309,10 +306,10 @@ def _train(config, *, hooks: TrainHooks | None = None, devices=None,
   devices = list(jax.devices() if devices is None else devices)
   model_cfg = rc.validate(config, num_devices=len(devices))
   cfg_dict = rc.to_dict(config)
-  run_dir = os.path.abspath(config.run_dir)
+  run_dir = fs.abspath(config.run_dir)
   is_main = jax.process_index() == 0
   if is_main:
-    os.makedirs(run_dir, exist_ok=True)
+    fs.makedirs(run_dir)
 
   def say(text: str):
     if is_main:
