@@ -12,6 +12,7 @@ from gca_jax.layers.common import Dense, RMSNorm, dtype_of, normal_init
 from gca_jax.layers.retrieval import ChunkRetriever, shift_to_next_chunk
 from gca_jax.layers.stream import StreamSpec
 from gca_jax.models import drt_stream
+from gca_jax.sharding import context_degree
 
 _ACT = ("batch", "act_length", "act_embed")
 
@@ -83,6 +84,9 @@ class DRT(nn.Module):
   the next P text tokens of the stream held in `c` (any P >= 1; an empty cache from
   `init(..., stream=spec)`, zeros). Same parameters as the full forward; see
   `gca_jax.models.drt_stream` and `gca_jax.inference`.
+
+  Context parallelism: traced under a mesh whose "context" axis is > 1 (model_kind "drt" or
+  "swa"), the body runs per sequence shard, `gca_jax.models.context_parallel` (docs/method.md §9).
   """
   config: DRTConfig
 
@@ -124,6 +128,9 @@ class DRT(nn.Module):
       if train:
         raise ValueError("DRT(stream=...) is inference only; train must be False")
       return self._stream(x, emb, bc, stream)
+    if context_degree() > 1 and not self.is_initializing():
+      from gca_jax.models.context_parallel import context_forward  # noqa: PLC0415
+      return self._head(context_forward(self, x, train=train), emb)
 
     if cfg.model_kind == "landmark":
       S, L = cfg.chunk_size, cfg.text_per_chunk
