@@ -29,10 +29,10 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from gca_jax.config import DRTConfig
-from gca_jax.layers.blocks import ChunkEncoder, DecoderBlock, UpperBlock
+from gca_jax.layers.blocks import (ChunkEncoder, DecoderBlock, UpperBlock, insert_landmarks,
+                                   remat_block, remove_landmarks)
 from gca_jax.layers.common import Dense, RMSNorm, dtype_of, normal_init
 from gca_jax.layers.retrieval import ChunkRetriever
-from gca_jax.models.drt import DRT, insert_landmarks, remove_landmarks
 from gca_jax.sharding import BATCH_AXES, CONTEXT_AXIS, context_shard, from_previous_shard
 
 SUPPORTED_KINDS = ("drt", "swa")
@@ -65,7 +65,7 @@ class ContextBody(nn.Module):
     dt, pdt = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
     bc = cfg.block_config()
     kw = dict(dtype=dt, param_dtype=pdt)
-    block = DRT._block_cls(self, DecoderBlock)
+    block = remat_block(DecoderBlock, cfg.remat)
     if cfg.model_kind == "swa":
       h = x_bxtxd
       for i in range(cfg.num_layers):
@@ -90,7 +90,7 @@ class ContextBody(nn.Module):
     k_mem = gather_chunks(jnp.where(sink, k_mem, 0).astype(dt))
     v_mem = gather_chunks(jnp.where(sink, v_mem, 0).astype(dt))
 
-    upper = DRT._block_cls(self, UpperBlock)
+    upper = remat_block(UpperBlock, cfg.remat)
     layer = 0
     for g, n_layers in enumerate(cfg.upper_groups):
       query = h.reshape(b, c, S, d)[:, :, S - 1]
@@ -133,7 +133,7 @@ def check_context_input(cfg: DRTConfig, mesh, B: int, T: int) -> int:
   return ctx
 
 
-def context_forward(model: DRT, x_BxTxd, *, train: bool = False):
+def context_forward(model: nn.Module, x_BxTxd, *, train: bool = False):
   """DRT.__call__'s body on a mesh with context > 1 (module docstring). x [B, T, d] the text
   embeddings -> final-normed hidden states [B, T, d] (sharded over batch and context), for the
   model's tied head. `train=True` draws the retrievers' Gumbel noise as the one-device run."""
