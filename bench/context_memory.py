@@ -3,7 +3,7 @@
 The real training step (`gca_jax.train.make_train_step`: AdamW + clipping, bf16 compute, f32
 params, remat as in gca_jax/configs/drt_128m.py) on one sample of `--seq_lens` text tokens,
 mesh data=1 fsdp=1 tensor=1 context=k, is lowered for abstract inputs and compiled (never run);
-`compiled.memory_analysis()` gives the per-device sizes (docs/method.md §9). Each (length,
+`compiled.memory_analysis()` gives the per-device sizes (docs/method.md §10). Each (length,
 context) pair compiles in its own process, so a failure or an OOM at compile time is reported
 per row.
 

@@ -1,7 +1,7 @@
 """Device mesh and the one table mapping logical axis names to mesh axes (MaxText style).
 
 Mesh axes are `("data", "fsdp", "context", "tensor")`; "context" (size 1 unless
-`config.mesh.context` > 1) splits each sample's sequence by whole chunks (docs/method.md §9,
+`config.mesh.context` > 1) splits each sample's sequence by whole chunks (docs/method.md §10,
 `gca_jax.models.context_parallel`). Parameters carry logical names through
 `nn.with_logical_partitioning`; activations through `nn.with_logical_constraint`.
 Parameter names: "vocab", "embed", "mlp", "heads", "norm".
@@ -93,7 +93,7 @@ def context_degree(mesh=None) -> int:
 
 def context_shard():
   """(shard index int32 [], number of shards) inside the context-parallel body (a shard_map
-  with "context" manual and > 1), else None (docs/method.md §9)."""
+  with "context" manual and > 1), else None (docs/method.md §10)."""
   mesh = jax.sharding.get_abstract_mesh()
   if context_degree(mesh) == 1 or CONTEXT_AXIS not in mesh.manual_axes:
     return None

@@ -1,4 +1,4 @@
-"""Context parallelism (docs/method.md §9) on 8 fake CPU devices (tests/conftest.py sets
+"""Context parallelism (docs/method.md §10) on 8 fake CPU devices (tests/conftest.py sets
 XLA_FLAGS before jax is imported): loss and every parameter gradient equal one device, for
 context 2 / 4 / 8 alone and with data / fsdp, the SWA-only model, one trainer step through
 config.mesh.context, and the config errors."""

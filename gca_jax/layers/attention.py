@@ -170,7 +170,7 @@ class SelfAttention(nn.Module):
 
 def window_attention_context(q_BxnxHxD, k_BxnxHxD, v_BxnxHxD, window: int, theta: float,
                              index, size: int):
-  """SWA of one context shard's n rows (docs/method.md §2.1, §9), pre-RoPE q/k/v [B, n, H, D]:
+  """SWA of one context shard's n rows (docs/method.md §2.1, §10), pre-RoPE q/k/v [B, n, H, D]:
   RoPE at the global positions index*n + (0..n-1) (`rope_at`), the previous shard's last W-1
   key/value rows as the prefix (ppermute; none on shard 0), `ops.swa.swa_with_prefix_xla`."""
   B, n, H, D = q_BxnxHxD.shape

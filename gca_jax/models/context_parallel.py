@@ -1,4 +1,4 @@
-"""Context parallelism for training (docs/method.md §9): each sample's sequence split by whole
+"""Context parallelism for training (docs/method.md §10): each sample's sequence split by whole
 chunks over the "context" mesh axis.
 
 `context_forward(model, x_BxTxd, train=...)` replaces the body of `DRT.__call__` when the mesh

@@ -64,7 +64,7 @@ class DRT(nn.Module):
   `gca_jax.models.drt_stream` and `gca_jax.inference`.
 
   Context parallelism: traced under a mesh whose "context" axis is > 1 (model_kind "drt" or
-  "swa"), the body runs per sequence shard, `gca_jax.models.context_parallel` (docs/method.md §9).
+  "swa"), the body runs per sequence shard, `gca_jax.models.context_parallel` (docs/method.md §10).
   """
   config: DRTConfig
 

@@ -16,7 +16,7 @@ command line as `--config.section.field=value`). Sections:
               log_every, eval_every (0: only at the end; -1: never), eval_batch_size,
               progress_bar.
   mesh        data, fsdp, tensor (one may be -1 = all remaining devices), context (>= 1: each
-              sample's sequence split by whole chunks over that many devices, docs/method.md §9;
+              sample's sequence split by whole chunks over that many devices, docs/method.md §10;
               model_kind "drt" / "swa", tensor 1).
   checkpoint  every (steps between saves; 0: only at the end/preemption), keep, async_save
               (named so because `async` is a Python keyword that `--config.` overrides cannot
