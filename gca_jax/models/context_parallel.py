@@ -7,7 +7,8 @@ under one `jax.shard_map`, manual over every mesh axis: a device holds B/(data*f
 the T/ctx text tokens (C/ctx whole chunks) of shard `i` of each. Inside:
 
   SWA        RoPE at global positions; the previous shard's last W-1 K/V rows by ppermute as
-             the prefix of `swa_with_prefix` (none on shard 0): `attention.window_attention_context`.
+             the prefix of `swa_with_prefix` (none on shard 0),
+             `layers.attention.window_attention_context`.
   encoder    local (a chunk never spans shards), as are mem_k / mem_v.
   landmarks  all_gather over "context": [b, C, d] (1/S of the rows).
   memory     the K/V memory of all C chunks all_gathered once ([b, C, S, H, Dh]), shared by every
