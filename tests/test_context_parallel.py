@@ -151,3 +151,37 @@ def test_config_context_ok_and_default():
   old = _cfg()
   del old.mesh["context"]   # configs written before the field existed
   rc.validate(old, num_devices=1, check_paths=False)
+
+
+def test_batch_sharding_and_mesh_shape_with_context():
+  from jax.sharding import PartitionSpec as P
+  from gca_jax.sharding import MeshError, batch_sharding, mesh_shape
+  mesh = make_mesh(2, 1, 1, devices=jax.devices()[:8], context=4)
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 1, "context": 4, "tensor": 1}
+  assert batch_sharding(mesh, 2).spec == P(("data", "fsdp"), "context")
+  assert batch_sharding(mesh, 1).spec == P(("data", "fsdp"))
+  one = make_mesh(2, 4, 1, devices=jax.devices()[:8])
+  assert batch_sharding(one, 2).spec == P(("data", "fsdp"), None)
+  assert mesh_shape(1, -1, 1, 8, context=2) == (1, 4, 1)
+  with pytest.raises(MeshError, match="context=-1"):
+    mesh_shape(1, 1, 1, 8, context=-1)
+
+
+def test_per_device_call_inside_the_context_body_calls_the_kernel_directly():
+  """Inside the body every axis is manual: a kernel sees this shard's rows, no nested
+  shard_map."""
+  from jax.sharding import PartitionSpec as P
+  from gca_jax.sharding import per_device_call
+  mesh = make_mesh(1, 1, 1, devices=jax.devices()[:2], context=2)
+  seen = []
+
+  def kernel(x):
+    seen.append(x.shape)
+    return x * 2
+
+  body = lambda x: per_device_call(kernel, (x,), (("batch", None),), ("batch", None))
+  with mesh_context(mesh):
+    f = jax.shard_map(body, mesh=mesh, in_specs=P(None, "context"), out_specs=P(None, "context"))
+    y = jax.jit(f)(jnp.arange(16.0).reshape(2, 8))
+  assert seen == [(2, 4)]
+  np.testing.assert_array_equal(np.asarray(y), 2 * np.arange(16.0).reshape(2, 8))
