@@ -111,4 +111,5 @@ def test_logical_constraints_active_under_mesh_context():
   assert not meta.global_mesh_defined()
   with mesh_context(mesh):
     assert meta.global_mesh_defined()
-    assert jax.sharding.get_abstract_mesh().shape == {"data": 2, "fsdp": 4, "tensor": 1}
+    assert jax.sharding.get_abstract_mesh().shape == {"data": 2, "fsdp": 4, "context": 1,
+                                                      "tensor": 1}

@@ -15,6 +15,7 @@ from gca_jax.layers.common import Dense, apply_rope, rope_tables
 from gca_jax.layers.stream import Segment, StreamSpec
 from gca_jax.ops import landmark as landmark_ops
 from gca_jax.ops import swa as swa_ops
+from gca_jax.sharding import context_shard, from_previous_shard
 
 _NEG = -1e30
 
@@ -64,6 +65,19 @@ class SelfAttention(nn.Module):
                          "the positions)")
       o = self._stream(q, k, v, stream, segment)
       return Dense(d, ("heads", "embed"), name="o_proj", **kw)(o.reshape(*lead, T, hd))
+    shard = context_shard() if self.mode == "window" and positions is None else None
+    if shard is not None:
+      o = window_attention_context(q, k, v, c.need("window", "SelfAttention(mode='window')"),
+                                   c.rope_theta, *shard)
+    else:
+      o = self._attend(q, k, v, positions)
+    axes = ("batch",) + (None,) * (len(lead) - 1) + ("act_length", "act_heads")
+    o = nn.with_logical_constraint(o.reshape(*lead, T, hd), axes)
+    return Dense(d, ("heads", "embed"), name="o_proj", **kw)(o)
+
+  def _attend(self, q, k, v, positions):
+    *lead, T, H, Dh = q.shape
+    c = self.config
     cos, sin = rope_tables(np.arange(T) if positions is None else positions, Dh, c.rope_theta)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     flat = lambda y: y.reshape(-1, T, H, Dh)
@@ -79,9 +93,7 @@ class SelfAttention(nn.Module):
       o = swa_ops.chunk_attention(flat(q), flat(k), flat(v), impl=c.swa_impl).reshape(q.shape)
     else:
       raise ValueError(f"SelfAttention: unknown mode {self.mode!r}")
-    axes = ("batch",) + (None,) * (len(lead) - 1) + ("act_length", "act_heads")
-    o = nn.with_logical_constraint(o.reshape(*lead, T, hd), axes)
-    return Dense(d, ("heads", "embed"), name="o_proj", **kw)(o)
+    return o
 
   def _stream(self, q, k, v, spec: StreamSpec, segment: Segment | None):
     if q.ndim != 4:
@@ -154,6 +166,25 @@ class SelfAttention(nn.Module):
     if not self.is_initializing():
       kc.value, vc.value, nc.value = k_all, v_all, n + n_valid
     return o
+
+
+def window_attention_context(q_BxnxHxD, k_BxnxHxD, v_BxnxHxD, window: int, theta: float,
+                             index, size: int):
+  """SWA of one context shard's n rows (docs/method.md §2.1, §10), pre-RoPE q/k/v [B, n, H, D]:
+  RoPE at the global positions index*n + (0..n-1) (`rope_at`), the previous shard's last W-1
+  key/value rows as the prefix (ppermute; none on shard 0), `ops.swa.swa_with_prefix_xla`."""
+  B, n, H, D = q_BxnxHxD.shape
+  Wc = window - 1
+  if n < Wc:
+    raise ValueError(f"context parallelism: {n} rows per context shard < window - 1 = {Wc}; "
+                     f"the halo must come from one shard (use fewer shards or longer samples)")
+  pos = index * n + jnp.arange(n, dtype=jnp.int32)
+  cos, sin = rope_at(pos, D, theta, n * size)
+  q, k = apply_rope(q_BxnxHxD, cos, sin), apply_rope(k_BxnxHxD, cos, sin)
+  k_all = jnp.concatenate([from_previous_shard(k, Wc), k], axis=1)
+  v_all = jnp.concatenate([from_previous_shard(v_BxnxHxD, Wc), v_BxnxHxD], axis=1)
+  n_empty = jnp.where(index == 0, Wc, 0).astype(jnp.int32)
+  return swa_ops.swa_with_prefix_xla(q, k_all, v_all, n_empty, window, qblock=window)
 
 
 def _causal_blocked(q_BxPxHxD, k_BxRxHxD, v_BxRxHxD, pos_P, n_keys, key_block: int = 1024):

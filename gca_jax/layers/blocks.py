@@ -6,6 +6,7 @@ only what differs per instance (the attention `mode`, the encoder's `num_layers`
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from gca_jax.config import BlockConfig
@@ -14,6 +15,36 @@ from gca_jax.layers.common import MLP, RMSNorm
 from gca_jax.layers.gca import GroupedCrossAttention
 
 _ACT = ("batch", "act_length", "act_embed")
+GCA_SAVED = ("gca_q", "gca_o", "gca_lse")
+
+
+def insert_landmarks(x_BxTxd, landmark_d, text_per_chunk: int):
+  """Pads T on the right to C*L (L = text_per_chunk) and appends the landmark after each chunk.
+
+  Returns [B, C*(L+1), d]. The inverse is `remove_landmarks`.
+  """
+  B, T, d = x_BxTxd.shape
+  C = -(-T // text_per_chunk)
+  x = jnp.pad(x_BxTxd, ((0, 0), (0, C * text_per_chunk - T), (0, 0)))
+  x = x.reshape(B, C, text_per_chunk, d)
+  lmk = jnp.broadcast_to(landmark_d.astype(x.dtype), (B, C, 1, d))
+  return jnp.concatenate([x, lmk], axis=2).reshape(B, C * (text_per_chunk + 1), d)
+
+
+def remove_landmarks(y_BxNxF, text_per_chunk: int, T: int):
+  """[B, C*(L+1), F] -> the T text positions [B, T, F] (drops landmarks and right padding)."""
+  B, N, F = y_BxNxF.shape
+  S = text_per_chunk + 1
+  return y_BxNxF.reshape(B, N // S, S, F)[:, :, :text_per_chunk].reshape(B, -1, F)[:, :T]
+
+
+def remat_block(cls, remat: str):
+  """The block class under `DRTConfig.remat` ("none" | "block" | "full", see `DRT._block_cls`)."""
+  if remat == "full":
+    return nn.remat(cls)
+  if remat != "block":
+    return cls
+  return nn.remat(cls, policy=jax.checkpoint_policies.save_only_these_names(*GCA_SAVED))
 
 
 def _kw(c: BlockConfig) -> dict:

@@ -57,7 +57,8 @@ class ChunkRetriever(nn.Module):
   the encoder's landmark keys. score[c,j] = RMSNorm(q[c]) . lmk[j] / sqrt(d), allowed for j < c
   (strict; query chunk c is chunk c of the same sequence, offset by `query_offset` chunks when the
   memory holds earlier chunks). Training (`train=True`) adds Gumbel(0,1) noise from the "gumbel"
-  rng stream to choose; evaluation takes the plain top-k. Returns (indices [B,C,K] int32,
+  rng stream to choose (or `noise_BxCxM`, given: the context-parallel body passes its slice
+  of the one-device draw, `gumbel`); evaluation takes the plain top-k. Returns (indices [B,C,K] int32,
   weights [B,C,K] f32, scores [B,C,M] f32), unshifted.
 
   Streaming (`stream=StreamSpec`, mutable "cache"): query [B, C, d] at the landmarks of the C
@@ -75,7 +76,7 @@ class ChunkRetriever(nn.Module):
 
   @nn.compact
   def __call__(self, query_BxCxd, landmarks_BxMxd, *, train: bool = False, query_offset: int = 0,
-               stream=None, chunk_ids=None, n_complete=None):
+               stream=None, chunk_ids=None, n_complete=None, noise_BxCxM=None):
     d = query_BxCxd.shape[-1]
     c = self.config
     q = RMSNorm(c.norm_eps, jnp.float32, c.param_dtype, name="query_norm")(query_BxCxd)
@@ -86,9 +87,16 @@ class ChunkRetriever(nn.Module):
     C, M = scores.shape[1], scores.shape[2]
     valid = (jnp.arange(M)[None, :] < (jnp.arange(C)[:, None] + query_offset))[None]
     valid = jnp.broadcast_to(valid, scores.shape)
-    noise = gumbel_noise(self.make_rng("gumbel"), scores.shape) if train else None
+    noise = noise_BxCxM
+    if noise is None and train:
+      noise = self.gumbel(scores.shape)
     idx, w, _ = masked_topk_weights(scores, valid, self.top_k, noise)
     return idx, w, scores
+
+  def gumbel(self, shape):
+    """The Gumbel(0,1) noise [B, C, M] that `__call__(train=True)` adds for scores of `shape`
+    (the same key: the first "gumbel" draw of this module)."""
+    return gumbel_noise(self.make_rng("gumbel"), shape)
 
   def _stream(self, q_BxCxd, lmk_BxMxd, spec, chunk_ids_C, n_complete):
     from gca_jax.layers.stream import scan_block  # noqa: PLC0415

@@ -7,36 +7,15 @@ import jax
 import jax.numpy as jnp
 
 from gca_jax.config import DRTConfig
-from gca_jax.layers.blocks import ChunkEncoder, DecoderBlock, UpperBlock
+from gca_jax.layers.blocks import (GCA_SAVED, ChunkEncoder, DecoderBlock, UpperBlock,  # noqa: F401
+                                   insert_landmarks, remat_block, remove_landmarks)
 from gca_jax.layers.common import Dense, RMSNorm, dtype_of, normal_init
 from gca_jax.layers.retrieval import ChunkRetriever, shift_to_next_chunk
 from gca_jax.layers.stream import StreamSpec
-from gca_jax.models import drt_stream
+from gca_jax.models import context_parallel, drt_stream
+from gca_jax.sharding import context_degree
 
 _ACT = ("batch", "act_length", "act_embed")
-
-
-def insert_landmarks(x_BxTxd, landmark_d, text_per_chunk: int):
-  """Pads T on the right to C*L (L = text_per_chunk) and appends the landmark after each chunk.
-
-  Returns [B, C*(L+1), d]. The inverse is `remove_landmarks`.
-  """
-  B, T, d = x_BxTxd.shape
-  C = -(-T // text_per_chunk)
-  x = jnp.pad(x_BxTxd, ((0, 0), (0, C * text_per_chunk - T), (0, 0)))
-  x = x.reshape(B, C, text_per_chunk, d)
-  lmk = jnp.broadcast_to(landmark_d.astype(x.dtype), (B, C, 1, d))
-  return jnp.concatenate([x, lmk], axis=2).reshape(B, C * (text_per_chunk + 1), d)
-
-
-def remove_landmarks(y_BxNxF, text_per_chunk: int, T: int):
-  """[B, C*(L+1), F] -> the T text positions [B, T, F] (drops landmarks and right padding)."""
-  B, N, F = y_BxNxF.shape
-  S = text_per_chunk + 1
-  return y_BxNxF.reshape(B, N // S, S, F)[:, :, :text_per_chunk].reshape(B, -1, F)[:, :T]
-
-
-GCA_SAVED = ("gca_q", "gca_o", "gca_lse")
 
 
 @jax.custom_vjp
@@ -83,6 +62,9 @@ class DRT(nn.Module):
   the next P text tokens of the stream held in `c` (any P >= 1; an empty cache from
   `init(..., stream=spec)`, zeros). Same parameters as the full forward; see
   `gca_jax.models.drt_stream` and `gca_jax.inference`.
+
+  Context parallelism: traced under a mesh whose "context" axis is > 1 (model_kind "drt" or
+  "swa"), the body runs per sequence shard, `gca_jax.models.context_parallel` (docs/method.md §10).
   """
   config: DRTConfig
 
@@ -91,11 +73,7 @@ class DRT(nn.Module):
     query, output and log-sum-exp ("gca_q", "gca_o", "gca_lse"), which are saved (3 [B,T,d]-sized
     arrays per upper layer) so the GCA forward kernel runs once per step, not twice.
     remat="full": every block is recomputed whole (nothing saved; the least memory)."""
-    if self.config.remat == "full":
-      return nn.remat(cls)
-    if self.config.remat != "block":
-      return cls
-    return nn.remat(cls, policy=jax.checkpoint_policies.save_only_these_names(*GCA_SAVED))
+    return remat_block(cls, self.config.remat)
 
   @nn.compact
   def __call__(self, tokens_BxT, *, train: bool = False, embeddings_BxTxd=None,
@@ -124,6 +102,8 @@ class DRT(nn.Module):
       if train:
         raise ValueError("DRT(stream=...) is inference only; train must be False")
       return self._stream(x, emb, bc, stream)
+    if context_degree() > 1 and not self.is_initializing():
+      return self._head(context_parallel.context_forward(self, x, train=train), emb)
 
     if cfg.model_kind == "landmark":
       S, L = cfg.chunk_size, cfg.text_per_chunk

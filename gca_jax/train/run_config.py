@@ -15,7 +15,9 @@ command line as `--config.section.field=value`). Sections:
               weight_decay, weight_decay_mask ("all" | "matrices"), clip (<= 0: off), seed,
               log_every, eval_every (0: only at the end; -1: never), eval_batch_size,
               progress_bar.
-  mesh        data, fsdp, tensor (one may be -1 = all remaining devices).
+  mesh        data, fsdp, tensor (one may be -1 = all remaining devices), context (>= 1: each
+              sample's sequence split by whole chunks over that many devices, docs/method.md §10;
+              model_kind "drt" / "swa", tensor 1).
   checkpoint  every (steps between saves; 0: only at the end/preemption), keep, async_save
               (named so because `async` is a Python keyword that `--config.` overrides cannot
               parse).
@@ -102,7 +104,7 @@ def base_config() -> ml_collections.ConfigDict:
       eval_batch_size=8,
       progress_bar=True,
   ))
-  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, context=1))
   c.checkpoint = ml_collections.ConfigDict({"every": 1000, "keep": 3, "async_save": True})
   c.run_dir = "runs/default"
   return c
@@ -269,6 +271,31 @@ def _data_format(config, name: str) -> None:
           "'text': set format 'arrayrecord' or 'auto'")
 
 
+def _validate_context(config, mcfg: DRTConfig, context: int, tensor: int) -> None:
+  """mesh.context > 1: model kind, tensor 1, seq_len in whole chunks per shard, halo <= shard."""
+  if mcfg.model_kind not in ("drt", "swa"):
+    _fail("mesh.context", context, f"context parallelism supports model_kind 'drt' and 'swa', "
+          f"not model.model_kind={mcfg.model_kind!r}")
+  if tensor != 1:
+    _fail("mesh.context", context, f"context parallelism needs mesh.tensor=1, got {tensor}")
+  seq_len = config.data.seq_len
+  if not isinstance(seq_len, int) or isinstance(seq_len, bool):
+    return  # reported by the data section
+  L = mcfg.text_per_chunk
+  unit = L * context if mcfg.model_kind == "drt" else context
+  if seq_len % unit:
+    what = (f"whole chunks per context shard: a multiple of text_per_chunk ({L}) * mesh.context "
+            f"({context}) = {unit}" if mcfg.model_kind == "drt"
+            else f"a multiple of mesh.context = {context}")
+    _fail("data.seq_len", seq_len, f"must split into {what}")
+  rows = seq_len // context
+  if mcfg.model_kind == "drt":
+    rows += rows // L
+  if rows < mcfg.window - 1:
+    _fail("data.seq_len", seq_len, f"gives {rows} rows per context shard (mesh.context="
+          f"{context}), fewer than model.window - 1 = {mcfg.window - 1} (the SWA halo)")
+
+
 def validate(config, *, num_devices: int | None = None, check_paths: bool = True,
              tokenizer_vocab: int | None = None) -> DRTConfig:
   """Checks the whole run config; returns the model's `DRTConfig`. Raises RunConfigError.
@@ -309,10 +336,14 @@ def validate(config, *, num_devices: int | None = None, check_paths: bool = True
   n_dev = jax.device_count() if num_devices is None else num_devices
   for ax in ("data", "fsdp", "tensor"):
     _int(config, f"mesh.{ax}", minimum=-1)
+  context = _int(config, "mesh.context", minimum=1) if "context" in config.mesh else 1
   try:
-    data, fsdp, tensor = mesh_shape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, n_dev)
+    data, fsdp, tensor = mesh_shape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, n_dev,
+                                    context)
   except MeshError as e:
     raise RunConfigError(f"config.mesh: {e}") from e
+  if context > 1:
+    _validate_context(config, mcfg, context, tensor)
   batch_div = data * fsdp
   if gbs % (batch_div * accum):
     _fail("train.global_batch_size", gbs,

@@ -35,7 +35,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gca_jax.models.loss import loss_sums
-from gca_jax.sharding import BATCH_AXES
+from gca_jax.sharding import batch_sharding
 from gca_jax.train.state import TrainState, mesh_context, step_key
 
 
@@ -60,7 +60,7 @@ def _split_microbatches(batch: dict, accum: int, mesh: Mesh | None) -> dict:
     b = v.shape[0]
     x = v.reshape(b // accum, accum, *v.shape[1:]).swapaxes(0, 1)
     if mesh is not None:
-      spec = P(None, BATCH_AXES, *([None] * (v.ndim - 1)))
+      spec = P(None, *batch_sharding(mesh, v.ndim).spec)
       x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
     out[k] = x
   return out

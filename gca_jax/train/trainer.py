@@ -316,7 +316,8 @@ def _train(config, *, hooks: TrainHooks | None = None, devices=None,
       (message or print)(text)
 
   tc = config.train
-  mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
+  mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices,
+                   context=int(config.mesh.get("context", 1)))
   accum = int(tc.grad_accum)
   ckpt = Checkpointer(run_dir, keep=config.checkpoint.keep,
                       async_save=config.checkpoint.async_save)
