@@ -6,7 +6,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gca_jax.ops.lm_loss import lm_head_loss
+from gca_jax.ops.lm_loss import LMLossBlocks, lm_head_loss
+
+# Block sizes of the fused loss (loss_impl="fused"): tokens per block (x V float32 logits each).
+FUSED_BLOCKS = LMLossBlocks(block_tokens=8192, block_vocab=None)
 
 
 def cross_entropy_loss(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
@@ -41,7 +44,9 @@ def _fused_sums(model: nn.Module, params, batch, rngs, train: bool):
   """(nll_sum, n, hit_BxT, nll_BxT) from the hidden states and `lm_head_loss`."""
   h = model.apply({"params": params}, batch["inputs"], train=train, rngs=rngs, return_hidden=True)
   w = batch["loss_weights"].astype(jnp.float32)
-  out = lm_head_loss(h, params["embedding"], batch["targets"], w)
+  blk = FUSED_BLOCKS
+  out = lm_head_loss(h, nn.meta.unbox(params["embedding"]), batch["targets"], w,
+                     block_tokens=blk.block_tokens, block_vocab=blk.block_vocab)
   hit = (out.argmax == batch["targets"]).astype(jnp.float32)
   return out.nll_sum, jnp.sum(w), hit, out.nll
 
