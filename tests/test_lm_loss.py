@@ -234,3 +234,20 @@ def test_return_hidden_gives_the_head_input():
   from gca_jax.layers.stream import StreamSpec
   with pytest.raises(ValueError, match="return_hidden must be False"):
     model.apply({"params": params}, batch["inputs"], stream=StreamSpec(64), return_hidden=True)
+
+
+def test_bench_summary_compares_the_same_loss_impl():
+  import os
+  import sys
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                  "bench"))
+  from train_step import summarize
+  res = {"drt@logits": {"step_ms_median": 180.0, "mfu": 0.3, "peak_GiB": 40.0},
+         "drt@fused": {"step_ms_median": 150.0, "mfu": 0.36, "peak_GiB": 20.0},
+         "swa@logits": {"step_ms_median": 120.0}, "swa@fused": {"step_ms_median": 100.0},
+         "swa_p2@fused": {"step_ms_median": 125.0}, "drt": {"error": "x"}}
+  s = summarize(res)
+  assert s["drt@logits"]["ratio_vs_swa_same_depth"] == 1.5
+  assert s["drt@fused"]["ratio_vs_swa_same_depth"] == 1.5
+  assert s["drt@fused"]["ratio_vs_swa_p2"] == 1.2 and s["drt@logits"]["ratio_vs_swa_p2"] is None
+  assert s["drt@fused"]["peak_GiB"] == 20.0 and s["drt"]["step_ms"] is None
