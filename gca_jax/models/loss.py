@@ -40,15 +40,13 @@ def _impl(model: nn.Module) -> str:
   return getattr(getattr(model, "config", None), "loss_impl", "logits")
 
 
-def _fused_sums(model: nn.Module, params, batch, rngs, train: bool):
-  """(nll_sum, n, hit_BxT, nll_BxT) from the hidden states and `lm_head_loss`."""
+def _fused(model: nn.Module, params, batch, w_BxT, rngs, train: bool):
+  """(nll_sum, hit_BxT, nll_BxT) from the hidden states and `lm_head_loss`."""
   h = model.apply({"params": params}, batch["inputs"], train=train, rngs=rngs, return_hidden=True)
-  w = batch["loss_weights"].astype(jnp.float32)
   blk = FUSED_BLOCKS
-  out = lm_head_loss(h, nn.meta.unbox(params["embedding"]), batch["targets"], w,
+  out = lm_head_loss(h, nn.meta.unbox(params["embedding"]), batch["targets"], w_BxT,
                      block_tokens=blk.block_tokens, block_vocab=blk.block_vocab)
-  hit = (out.argmax == batch["targets"]).astype(jnp.float32)
-  return out.nll_sum, jnp.sum(w), hit, out.nll
+  return out.nll_sum, (out.argmax == batch["targets"]).astype(jnp.float32), out.nll
 
 
 def loss_sums(model: nn.Module, params, batch, key, train: bool = True, score=None):
@@ -63,9 +61,9 @@ def loss_sums(model: nn.Module, params, batch, key, train: bool = True, score=No
   `cross_entropy_loss`. Both give the same sums."""
   rngs = {"gumbel": key} if train else None
   if score is None and _impl(model) == "fused":
-    nll_sum, n, hit, nll = _fused_sums(model, params, batch, rngs, train)
     w = batch["loss_weights"].astype(jnp.float32)
-    sums = {"num_tokens": n, "num_correct": jnp.sum(hit * w)}
+    nll_sum, hit, nll = _fused(model, params, batch, w, rngs, train)
+    sums = {"num_tokens": jnp.sum(w), "num_correct": jnp.sum(hit * w)}
   else:
     if score is not None:
       logits = score(model, params, batch["inputs"])

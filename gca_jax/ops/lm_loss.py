@@ -33,6 +33,7 @@ LM_LOSS_IMPLS = ("auto", "xla", "reference")
 
 
 class LMLoss(NamedTuple):
+  """nll_sum f32 scalar (differentiable), nll f32 [..., T], argmax int32 [..., T]."""
   nll_sum: jax.Array
   nll: jax.Array
   argmax: jax.Array
@@ -64,7 +65,7 @@ def _balanced(n: int, most: int) -> tuple[int, int]:
 
 def _check(h, emb, targets, weights):
   if h.ndim < 2 or emb.ndim != 2 or h.shape[-1] != emb.shape[1]:
-    raise ValueError(f"lm_head_loss: h [..., D] and emb [V, D] expected; got h{h.shape} "
+    raise ValueError(f"lm_head_loss: h [..., T, D] and emb [V, D] expected; got h{h.shape} "
                      f"emb{emb.shape}")
   if targets.shape != h.shape[:-1]:
     raise ValueError(f"lm_head_loss: targets{targets.shape} must be h's token shape "
@@ -222,8 +223,8 @@ def _fused_bwd(blocks, res, cts):
   dh, demb, nll, weights = res
   g = cts[0].astype(jnp.float32)
   dw = nll * g
-  return ((dh.astype(jnp.float32) * g).astype(dh.dtype), (demb.astype(jnp.float32) * g).astype(demb.dtype), None,
-          dw.astype(weights.dtype))
+  scale = lambda x: (x.astype(jnp.float32) * g).astype(x.dtype)
+  return scale(dh), scale(demb), None, dw.astype(weights.dtype)
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
@@ -231,8 +232,8 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 
 def lm_head_loss(h, emb_VxD, targets, weights=None, *, block_tokens: int = 8192,
                  block_vocab: int | None = None, impl: str = "auto") -> LMLoss:
-  """Σ w·nll, per-token nll and argmax of the tied head `h · embᵀ` (module docstring; shapes
-  h [..., D], emb [V, D], targets / weights [...]); impl one of `LM_LOSS_IMPLS`."""
+  """`LMLoss(nll_sum = Σ w·nll, nll, argmax)` of the tied head `h · embᵀ`: h [..., T, D],
+  emb [V, D], targets / weights [..., T] (module docstring); impl one of `LM_LOSS_IMPLS`."""
   if impl not in LM_LOSS_IMPLS:
     raise ValueError(f"lm_head_loss: impl={impl!r} must be one of {LM_LOSS_IMPLS}")
   _check(h, emb_VxD, targets, weights)
