@@ -251,3 +251,24 @@ def test_bench_summary_compares_the_same_loss_impl():
   assert s["drt@fused"]["ratio_vs_swa_same_depth"] == 1.5
   assert s["drt@fused"]["ratio_vs_swa_p2"] == 1.2 and s["drt@logits"]["ratio_vs_swa_p2"] is None
   assert s["drt@fused"]["peak_GiB"] == 20.0 and s["drt"]["step_ms"] is None
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 1), (2, 2, 2)], ids=["per_device", "spmd"])
+def test_on_a_mesh_matches_one_device(shape):
+  """On a data x fsdp mesh the loss runs per device (shard_map: demb summed across devices once,
+  in the transpose); with tensor > 1 by XLA's partitioner. Both equal the one-device result."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from gca_jax.ops.lm_loss import _batch_axes
+  from gca_jax.sharding import make_mesh, mesh_context
+  h, emb, t, w = _inputs((8, 37), 16, 102, jnp.float32)
+  f = lambda h, e, w: lm_head_loss(h, e, t, w, block_tokens=8).nll_sum
+  v0, g0 = jax.value_and_grad(f, (0, 1, 2))(h, emb, w)
+  mesh = make_mesh(*shape)
+  with mesh_context(mesh):
+    hs = jax.device_put(h, NamedSharding(mesh, P(("data", "fsdp"))))
+    es = jax.device_put(emb, NamedSharding(mesh, P("tensor", "fsdp")))
+    assert _batch_axes(hs) == (("data", "fsdp") if shape[2] == 1 else None)
+    v, g = jax.jit(jax.value_and_grad(f, (0, 1, 2)))(hs, es, w)
+  assert _rel(v, v0) <= 1e-6
+  for a, b in zip(g, g0):
+    assert _rel(a, b) <= 1e-6

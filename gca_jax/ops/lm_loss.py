@@ -17,6 +17,9 @@ backward only scales them by the scalar cotangent, so no logit is recomputed. Ma
 h's dtype with float32 accumulation (emb is cast to h's dtype, the logit gradient is rounded to it
 before its two matmuls, as `gca_jax.models.drt.tied_head`). A token with weight 0 contributes
 exactly 0 to nll_sum, dh and demb, even when its h row is not finite.
+Under a mesh (`jax.set_mesh`) of data / fsdp axes only, the loss runs per device on its rows of
+h (`shard_map`, emb whole on every device, `block_tokens` per device), so demb is summed across
+devices once per step; other meshes (tensor > 1) leave the partitioning to XLA.
 impl "reference": `lm_head_loss_reference`, materialised logits and plain autodiff.
 """
 
@@ -28,6 +31,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from gca_jax.sharding import BATCH_AXES
 
 LM_LOSS_IMPLS = ("auto", "xla", "reference")
 
@@ -230,6 +236,34 @@ def _fused_bwd(blocks, res, cts):
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
+def _batch_axes(h) -> tuple[str, ...] | None:
+  """The mesh axes h's dim 0 is split over when the current mesh is pure data / fsdp parallel
+  (every axis > 1 a batch axis, dim 0 divisible); else None."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or h.ndim < 3:
+    return None
+  big = [a for a, n in mesh.shape.items() if n > 1]
+  axes = tuple(a for a in BATCH_AXES if a in big)
+  n = 1
+  for a in axes:
+    n *= mesh.shape[a]
+  return axes if axes and len(axes) == len(big) and h.shape[0] % n == 0 else None
+
+
+def _per_device(h, emb, targets, w, blocks: LMLossBlocks, axes: tuple[str, ...]):
+  """`_fused` on each device's rows (shard_map over `axes`; emb whole on every device): each
+  device accumulates its demb over all its token blocks, one cross-device sum (shard_map's
+  transpose) instead of one per block."""
+  def local(h, emb, t, w):
+    s, nll, am = _fused(h, emb, t, w, blocks)
+    return s[None], nll, am
+
+  rows = P(axes)
+  s, nll, am = jax.shard_map(local, in_specs=(rows, P(), rows, rows),
+                             out_specs=(rows, rows, rows), check_vma=False)(h, emb, targets, w)
+  return jnp.sum(s), nll, am
+
+
 def lm_head_loss(h, emb_VxD, targets, weights=None, *, block_tokens: int = 8192,
                  block_vocab: int | None = None, impl: str = "auto") -> LMLoss:
   """`LMLoss(nll_sum = Σ w·nll, nll, argmax)` of the tied head `h · embᵀ`: h [..., T, D],
@@ -241,5 +275,9 @@ def lm_head_loss(h, emb_VxD, targets, weights=None, *, block_tokens: int = 8192,
     return lm_head_loss_reference(h, emb_VxD, targets, weights)
   blocks = LMLossBlocks(block_tokens, block_vocab)
   w = jnp.ones(targets.shape, jnp.float32) if weights is None else weights.astype(jnp.float32)
-  nll_sum, nll, am = _fused(h, emb_VxD, targets, w, blocks)
+  axes = _batch_axes(h)
+  if axes:
+    nll_sum, nll, am = _per_device(h, emb_VxD, targets, w, blocks, axes)
+  else:
+    nll_sum, nll, am = _fused(h, emb_VxD, targets, w, blocks)
   return LMLoss(nll_sum, jax.lax.stop_gradient(nll), am)
