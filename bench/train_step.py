@@ -13,7 +13,13 @@ Model FLOPs per token (fwd; x3 for fwd+bwd, remat recompute not counted): 2 x ma
 (+ LM head) + attention: 4*d*keys per layer (keys = W for SWA, T/2 for full, 64 in the encoder,
 K*64 for GCA), DRT matmuls on T*64/63 positions. MFU = model FLOP/s / the bf16 dense peak given.
 
+--loss_impl logits,fused: each model once per loss (config.model.loss_impl, docs/method.md §2.6),
+results keyed "model@loss_impl"; ratios are against the SWA models run with the same loss.
+Without it the config's loss_impl (fused) and plain model keys. --loss_block_tokens sets the
+fused loss's token block (`gca_jax.models.loss.FUSED_BLOCKS`).
+
 Usage: PYTHONPATH=. python bench/train_step.py --out results.json [--batch 4] [--steps 5]
+  [--models drt,swa,swa_p2 --loss_impl logits,fused]
 """
 
 import argparse
@@ -161,7 +167,8 @@ def kernel_breakdown(trace_dir: str, steps: int, dump_dir: str | None = None) ->
   return out
 
 
-def worker(name: str, batch: int, steps: int, seq_len: int, profile: str | None = None) -> dict:
+def worker(name: str, batch: int, steps: int, seq_len: int, profile: str | None = None,
+           loss_impl: str | None = None, loss_block_tokens: int | None = None) -> dict:
   dump = None
   if profile:
     # the optimized HLO text maps each kernel of the trace to its jax source path; CUDA graphs
@@ -189,6 +196,13 @@ def worker(name: str, batch: int, steps: int, seq_len: int, profile: str | None 
     config.model.remat = "full"
   if name in ("swa", "full"):
     config.model.baseline_extra_layers = 0
+  if loss_impl:
+    config.model.loss_impl = loss_impl
+  from gca_jax.models import loss as loss_mod
+  if loss_block_tokens:
+    import dataclasses
+    loss_mod.FUSED_BLOCKS = dataclasses.replace(loss_mod.FUSED_BLOCKS,
+                                                block_tokens=loss_block_tokens)
   cfg = model_config(config)
   model = DRT(cfg)
   mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
@@ -236,7 +250,24 @@ def worker(name: str, batch: int, steps: int, seq_len: int, profile: str | None 
               mfu=(flops / med / PEAK_BF16[kind]) if kind else None, peak_flops=PEAK_BF16.get(kind),
               first_step_s=compile_s, profile=prof, loss=float(met["loss"]), device=dev.device_kind,
               jax=jax.__version__, peak_GiB=stats.get("peak_bytes_in_use", 0) / 2**30,
-              remat=cfg.remat)
+              remat=cfg.remat, loss_impl=cfg.loss_impl,
+              loss_block_tokens=loss_mod.FUSED_BLOCKS.block_tokens)
+
+
+def summarize(results: dict) -> dict:
+  """{key: step_ms, tokens_per_s, mfu, peak_GiB, ratio_vs_swa_same_depth, ratio_vs_swa_p2}; a
+  key "model@impl" is compared with "swa@impl" / "swa_p2@impl" (the same loss_impl)."""
+  out = {}
+  for key, r in results.items():
+    suffix = key[key.index("@"):] if "@" in key else ""
+    ms = r.get("step_ms_median")
+    row = {"step_ms": ms, "tokens_per_s": r.get("tokens_per_s"), "mfu": r.get("mfu"),
+           "peak_GiB": r.get("peak_GiB")}
+    for col, base in (("ratio_vs_swa_same_depth", "swa"), ("ratio_vs_swa_p2", "swa_p2")):
+      b = results.get(base + suffix, {}).get("step_ms_median")
+      row[col] = ms / b if ms and b else None
+    out[key] = row
+  return out
 
 
 def main():
@@ -247,18 +278,27 @@ def main():
   ap.add_argument("--steps", type=int, default=5)
   ap.add_argument("--seq_len", type=int, default=16128)
   ap.add_argument("--worker", default=None)
+  ap.add_argument("--loss_impl", default="",
+                  help="comma list of config.model.loss_impl values (logits,fused); each model "
+                       "runs once per value, keys model@value; empty: the config's")
+  ap.add_argument("--loss_block_tokens", type=int, default=0,
+                  help="token block of the fused loss (0: gca_jax.models.loss.FUSED_BLOCKS)")
   ap.add_argument("--profile", default=None,
                   help="directory: also trace 3 steps (in a second process per model, CUDA "
                        "graphs off) and report GPU kernel time by category and model part")
   args = ap.parse_args()
   if args.worker:
     print("RESULT " + json.dumps(worker(args.worker, args.batch, args.steps, args.seq_len,
-                                        args.profile)))
+                                        args.profile, args.loss_impl or None,
+                                        args.loss_block_tokens or None)))
     return
   results = {}
-  for name in args.models.split(","):
+  impls = [i for i in args.loss_impl.split(",") if i] or [""]
+  for name, impl in [(n, i) for n in args.models.split(",") for i in impls]:
     cmd = [sys.executable, __file__, "--worker", name, "--batch", str(args.batch), "--steps",
-           str(args.steps), "--seq_len", str(args.seq_len)]
+           str(args.steps), "--seq_len", str(args.seq_len), "--loss_impl", impl,
+           "--loss_block_tokens", str(args.loss_block_tokens)]
+    name = f"{name}@{impl}" if impl else name
     p = subprocess.run(cmd, capture_output=True, text=True)
     line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
     results[name] = json.loads(line[-1][7:]) if line else {"error": p.stderr[-2000:]}
@@ -273,11 +313,7 @@ def main():
     if args.out:
       with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
-  base = results.get("swa", {}).get("step_ms_median")
-  summary = {n: {"step_ms": r.get("step_ms_median"), "tokens_per_s": r.get("tokens_per_s"),
-                 "mfu": r.get("mfu"),
-                 "ratio_vs_swa_same_depth": (r["step_ms_median"] / base) if base and "step_ms_median" in r else None}
-             for n, r in results.items()}
+  summary = summarize(results)
   results["summary"] = summary
   print(json.dumps({"summary": summary}, indent=1))
   if args.out:

@@ -16,6 +16,7 @@ from gca_jax.ops.swa import SWA_IMPLS  # the attention `impl=` names (ops/swa.py
 MODEL_KINDS = ("drt", "swa", "full", "landmark")
 GCA_RESIDUALS = ("official", "standard")
 DTYPES = ("float32", "bfloat16", "float16")
+LOSS_IMPLS = ("logits", "fused")
 
 
 class ConfigError(ValueError):
@@ -130,6 +131,9 @@ class DRTConfig:
   dtype: compute dtype of activations and matmuls; param_dtype: storage dtype of params.
   remat: "none"; "block" (each block recomputed in the backward pass except the GCA kernel's
     q / output / log-sum-exp); "full" (each block recomputed whole: the least memory).
+  loss_impl: the training loss (`gca_jax.models.loss.loss_sums`, docs/method.md §2.6): "fused"
+    (`gca_jax.ops.lm_head_loss`, blockwise, no [B,T,V] float32 logits) or "logits" (`tied_head`
+    logits + `cross_entropy_loss`). Same loss, gradients and metrics; not an architecture field.
   The landmark token has id `vocab_size` (its own embedding row); logits cover `vocab_size`.
   """
 
@@ -154,6 +158,7 @@ class DRTConfig:
   dtype: str = "bfloat16"
   param_dtype: str = "float32"
   remat: str = "none"
+  loss_impl: str = "fused"
 
   def __post_init__(self):
     if isinstance(self.upper_groups, list):
@@ -207,6 +212,8 @@ class DRTConfig:
       self._fail("param_dtype", f"must be one of {DTYPES}")
     if self.remat not in ("none", "block", "full"):
       self._fail("remat", "must be 'none', 'block' or 'full'")
+    if self.loss_impl not in LOSS_IMPLS:
+      self._fail("loss_impl", f"must be one of {LOSS_IMPLS}")
     if not self.rope_theta > 0:
       self._fail("rope_theta", "must be positive")
     if not self.norm_eps > 0:

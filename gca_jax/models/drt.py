@@ -77,7 +77,7 @@ class DRT(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BxT, *, train: bool = False, embeddings_BxTxd=None,
-               stream: StreamSpec | None = None):
+               stream: StreamSpec | None = None, return_hidden: bool = False):
     cfg = self.config
     dt, pdt = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
     if tokens_BxT.ndim != 2:
@@ -101,6 +101,8 @@ class DRT(nn.Module):
     if stream is not None:
       if train:
         raise ValueError("DRT(stream=...) is inference only; train must be False")
+      if return_hidden:
+        raise ValueError("DRT(stream=...) returns logits; return_hidden must be False")
       return self._stream(x, emb, bc, stream)
     if context_degree() > 1 and not self.is_initializing():
       return self._head(context_parallel.context_forward(self, x, train=train), emb)
@@ -112,7 +114,7 @@ class DRT(nn.Module):
       for i in range(cfg.num_layers):
         h = block(bc, "landmark", name=f"layer_{i}")(h)
       h = RMSNorm(cfg.norm_eps, name="final_norm", **kw)(h)
-      return self._head(remove_landmarks(h, L, T), emb)
+      return self._head(remove_landmarks(h, L, T), emb, return_hidden)
 
     if cfg.model_kind != "drt":
       mode = "window" if cfg.model_kind == "swa" else "causal"
@@ -120,7 +122,7 @@ class DRT(nn.Module):
       for i in range(cfg.num_layers):
         h = block(bc, mode, name=f"layer_{i}")(h)
       h = RMSNorm(cfg.norm_eps, name="final_norm", **kw)(h)
-      return self._head(h, emb)
+      return self._head(h, emb, return_hidden)
 
     S, L = cfg.chunk_size, cfg.text_per_chunk
     landmark = self.param("landmark", normal_init(cfg.init_std, ("embed",)), (cfg.d_model,), pdt)
@@ -151,7 +153,7 @@ class DRT(nn.Module):
         h = upper(bc, name=f"upper_{layer}")(h, k_mem, v_mem, idx, w)
         layer += 1
     h = RMSNorm(cfg.norm_eps, name="final_norm", **kw)(h)
-    return self._head(remove_landmarks(h, L, T), emb)
+    return self._head(remove_landmarks(h, L, T), emb, return_hidden)
 
   def _stream(self, x_BxPxd, emb, bc, spec: StreamSpec):
     cfg = self.config
@@ -165,8 +167,12 @@ class DRT(nn.Module):
     fwd = drt_stream.landmark_stream if cfg.model_kind == "landmark" else drt_stream.drt_stream
     return self._head(fwd(self, x_BxPxd, landmark, bc, spec), emb)
 
-  def _head(self, h_BxTxd, emb_Vxd):
-    """Tied LM head, float32 logits (`tied_head`)."""
+  def _head(self, h_BxTxd, emb_Vxd, hidden: bool = False):
+    """Tied LM head, float32 logits (`tied_head`). `__call__(..., return_hidden=True)` (not with
+    `stream`) passes hidden=True: the final-normed text hidden states h_BxTxd (compute dtype)
+    are returned instead, the input of the fused loss `gca_jax.ops.lm_head_loss`."""
+    if hidden:
+      return nn.with_logical_constraint(h_BxTxd, _ACT)
     logits = tied_head(h_BxTxd, emb_Vxd)
     return nn.with_logical_constraint(logits, ("batch", "act_length", "act_vocab"))
 

@@ -6,6 +6,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gca_jax.ops.lm_loss import LMLossBlocks, lm_head_loss
+
+# Block sizes of the fused loss (loss_impl="fused"): tokens per block (x V float32 logits each).
+FUSED_BLOCKS = LMLossBlocks(block_tokens=8192, block_vocab=None)
+
 
 def cross_entropy_loss(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
                        weights_BxT: jax.Array | None = None) -> tuple[jax.Array, dict]:
@@ -30,25 +35,50 @@ def cross_entropy_loss(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
   return loss, {"loss": loss, "nll_sum": nll_sum, "num_tokens": n, "accuracy": acc}
 
 
+def _impl(model: nn.Module) -> str:
+  """config.loss_impl of a DRT-like model ("logits" for a model without one)."""
+  return getattr(getattr(model, "config", None), "loss_impl", "logits")
+
+
+def _fused(model: nn.Module, params, batch, w_BxT, rngs, train: bool):
+  """(nll_sum, hit_BxT, nll_BxT) from the hidden states and `lm_head_loss`."""
+  h = model.apply({"params": params}, batch["inputs"], train=train, rngs=rngs, return_hidden=True)
+  blk = FUSED_BLOCKS
+  out = lm_head_loss(h, nn.meta.unbox(params["embedding"]), batch["targets"], w_BxT,
+                     block_tokens=blk.block_tokens, block_vocab=blk.block_vocab)
+  return out.nll_sum, (out.argmax == batch["targets"]).astype(jnp.float32), out.nll
+
+
 def loss_sums(model: nn.Module, params, batch, key, train: bool = True, score=None):
   """(nll_sum, sums) of one (micro)batch: the weighted NLL sum (the loss numerator) and a dict
   of sums {"num_tokens" (weight sum), "num_correct"} plus, when the batch has "answer_mask"
   (1 at the target of each answer's first token: recall / passkey samples),
-  {"answer_count", "answer_correct" (argmax hits), "answer_nll"} over those targets."""
-  if score is not None:
-    logits = score(model, params, batch["inputs"])
+  {"answer_count", "answer_correct" (argmax hits), "answer_nll"} over those targets.
+
+  `model.config.loss_impl` (docs/method.md §2.6): "fused" runs the model with
+  `return_hidden=True` and the blockwise `gca_jax.ops.lm_head_loss` on its tied embedding
+  (no [B,T,V] float32 logits); "logits" (and any `score`, which returns logits) the logits and
+  `cross_entropy_loss`. Both give the same sums."""
+  rngs = {"gumbel": key} if train else None
+  if score is None and _impl(model) == "fused":
+    w = batch["loss_weights"].astype(jnp.float32)
+    nll_sum, hit, nll = _fused(model, params, batch, w, rngs, train)
+    sums = {"num_tokens": jnp.sum(w), "num_correct": jnp.sum(hit * w)}
   else:
-    rngs = {"gumbel": key} if train else None
-    logits = model.apply({"params": params}, batch["inputs"], train=train, rngs=rngs)
-  _, m = cross_entropy_loss(logits, batch["targets"], batch["loss_weights"])
-  n = m["num_tokens"]
-  sums = {"num_tokens": n, "num_correct": m["accuracy"] * jnp.maximum(n, 1.0)}
+    if score is not None:
+      logits = score(model, params, batch["inputs"])
+    else:
+      logits = model.apply({"params": params}, batch["inputs"], train=train, rngs=rngs)
+    _, m = cross_entropy_loss(logits, batch["targets"], batch["loss_weights"])
+    nll_sum, n = m["nll_sum"], m["num_tokens"]
+    sums = {"num_tokens": n, "num_correct": m["accuracy"] * jnp.maximum(n, 1.0)}
+    if "answer_mask" in batch:
+      lg = jax.lax.stop_gradient(logits).astype(jnp.float32)
+      tgt = batch["targets"][..., None].astype(jnp.int32)
+      nll = jax.nn.logsumexp(lg, axis=-1) - jnp.take_along_axis(lg, tgt, axis=-1)[..., 0]
+      hit = (jnp.argmax(lg, axis=-1) == batch["targets"]).astype(jnp.float32)
   if "answer_mask" in batch:
     mask = batch["answer_mask"].astype(jnp.float32)
-    lg = jax.lax.stop_gradient(logits).astype(jnp.float32)
-    tgt = batch["targets"][..., None].astype(jnp.int32)
-    nll = jax.nn.logsumexp(lg, axis=-1) - jnp.take_along_axis(lg, tgt, axis=-1)[..., 0]
-    hit = (jnp.argmax(lg, axis=-1) == batch["targets"]).astype(jnp.float32)
     sums.update(answer_count=jnp.sum(mask), answer_correct=jnp.sum(hit * mask),
                 answer_nll=jnp.sum(nll * mask))
-  return m["nll_sum"], sums
+  return nll_sum, sums
