@@ -105,7 +105,7 @@ class DRT(nn.Module):
         raise ValueError("DRT(stream=...) returns logits; return_hidden must be False")
       return self._stream(x, emb, bc, stream)
     if context_degree() > 1 and not self.is_initializing():
-      return self._head(context_parallel.context_forward(self, x, train=train), emb)
+      return self._head(context_parallel.context_forward(self, x, train=train), emb, return_hidden)
 
     if cfg.model_kind == "landmark":
       S, L = cfg.chunk_size, cfg.text_per_chunk
