@@ -207,3 +207,21 @@ def test_iterator_resume_exact_with_new_kinds(ids, filler):
     b.report(i + 1, accs[i])
   assert b.get_state() == a.get_state() and a.stage == 1   # the stage changed at the same step
   assert any(g["inputs"].shape[1] == 504 for g in got)
+
+
+def test_drt_20m_text_config():
+  """Item 3's config: >= 20M parameters, 4032-token samples, a bf16 export under 50 MB."""
+  import flax
+  import jax
+  import jax.numpy as jnp
+
+  from gca_jax import DRT
+  from gca_jax.configs import drt_20m_text
+  c = drt_20m_text.get_config()
+  rc.validate(c, num_devices=1, check_paths=False)
+  assert c.data.seq_len == 4032 and parse_stages(c.data.curriculum.stages)[-1] == (64, 1)
+  m = rc.model_config(c)
+  s = jax.eval_shape(lambda: DRT(m).init({"params": jax.random.key(0)},
+                                         jnp.zeros((1, 64), jnp.int32)))
+  n = sum(x.size for x in jax.tree.leaves(flax.core.meta.unbox(s["params"])))
+  assert n == 22_227_840 and 2 * n < 50e6
