@@ -62,3 +62,18 @@ def test_bucket_nll_equals_full_forward(kind, text):
 def test_stream_too_short(text):
   with pytest.raises(ValueError, match="length 700 needs 701 held-out tokens, the stream has 700"):
     long.ppl_by_position(_init(CFG), CFG, text, length=700, unit=15, progress=False)
+
+
+def test_report_position_table():
+  from gca_jax.eval import report
+
+  def res(nlls):
+    bs = [{"start": a, "end": b, "nll": x, "rel_to_first": x / nlls[0] - 1}
+          for (a, b), x in zip([(0, 10), (10, 40)], nlls)]
+    return {"ppl_position": {"train_length": 10, "buckets": bs}}
+  text = report.markdown({"drt": res([2.0, 2.1]), "swa": res([2.0, 2.0])}, kinds=(),
+                         ppl_ref="swa")
+  assert "| model | [0×, 1×) | [1×, 4×) |" in text
+  assert "| drt | 2.0000 (+0.0%; +0.00%) | 2.1000 (+5.0%; +5.00%) |" in text
+  with pytest.raises(ValueError, match="--ppl_ref='lm': no ppl_position result"):
+    report.markdown({"drt": res([2.0, 2.1])}, kinds=(), ppl_ref="lm")
