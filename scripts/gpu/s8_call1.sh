@@ -24,9 +24,9 @@ for m in "${!RUN[@]}"; do
     $E --model_dir $R/exp/$m --kinds 2hop --out $R/${m}_2hop_1x.json > $R/${m}_2hop_1x.log 2>&1 ) &
 done
 wait
-cp -r runs/*/metrics.jsonl $R/ 2>/dev/null
 for d in runs/*; do cp $d/metrics.jsonl $R/metrics_$(basename $d).jsonl 2>/dev/null; done
-tar -C $R -czf $OUT/call1.tgz .
+tar -C $R -czf $OUT/call1_exports.tgz exp         # 4 x ~3.8 MB
+tar -C $R --exclude exp -czf $OUT/call1_results.tgz .
 ls -la $R $R/exp/*
 for f in $R/train_*.log; do echo "== $f"; grep -v "^ " $f | tail -6; done
 python3 - <<'PY'
