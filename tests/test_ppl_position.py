@@ -77,3 +77,12 @@ def test_report_position_table():
   assert "| drt | 2.0000 (+0.0%; +0.00%) | 2.1000 (+5.0%; +5.00%) |" in text
   with pytest.raises(ValueError, match="--ppl_ref='lm': no ppl_position result"):
     report.markdown({"drt": res([2.0, 2.1])}, kinds=(), ppl_ref="lm")
+
+
+def test_plot_ppl_by_position(tmp_path):
+  from gca_jax.eval import plots
+  r = {"train_length": 10, "buckets": [{"start": 0, "end": 10, "nll": 2.0},
+                                       {"start": 10, "end": 40, "nll": 1.9}]}
+  p = plots.plot_ppl_by_position({"drt": r, "swa": r}, str(tmp_path / "pos.png"))
+  data = open(p, "rb").read()
+  assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
