@@ -28,8 +28,9 @@ OPTIONAL = {"nvidia": "gpu",    # ops/host_store.py: the CUDA runtime of jax[cud
 # what the core must not need (flax itself pulls in absl and etils, so they are not blocked)
 BLOCKED = ("optax", "orbax", "grain", "ml_collections", "sentencepiece", "matplotlib",
            "tensorboardX", "tqdm", "chex")
-SHIPPED = ["drt_128m", "drt_128m_x2", "full_128m", "recall_tiny", "recall_tiny_landmark",
-           "recall_tiny_swa", "swa_128m", "tiny"]
+SHIPPED = ["drt_128m", "drt_128m_x2", "drt_20m_text", "full_128m", "multikey_tiny",
+           "multikey_tiny_landmark", "multikey_tiny_swa", "recall_tiny", "recall_tiny_landmark",
+           "recall_tiny_swa", "swa_128m", "tiny", "twohop_tiny_x2"]
 
 
 def _pyproject() -> dict:

@@ -107,6 +107,11 @@ def test_valid_small_config_and_roundtrip(tmp_path):
   assert model_diff(d["model"], to_dict(back)["model"]) == []
   d2 = dict(d["model"], top_k=3)
   assert model_diff(d["model"], d2) == ["model.top_k: 2 != 3"]
+  # a run saved before a field existed (no loss_impl) resumes when the field is at its default
+  old = {k: v for k, v in d["model"].items() if k != "loss_impl"}
+  assert model_diff(old, dict(d["model"], loss_impl="fused")) == []
+  assert model_diff(old, dict(d["model"], loss_impl="logits")) == [
+      "model.loss_impl: 'fused' != 'logits'"]
 
 
 def test_base_config_has_all_model_fields():

@@ -26,6 +26,10 @@ Tasks:
                       (`gca_jax.eval.passkey_grid`); kinds single|multikey|2hop, formats
                       official|landmark (default: all).
   long                ppl_length and passkey_grid.
+  ppl_position        NLL by position on ONE held-out stream (`gca_jax.eval.long.ppl_by_position`):
+                      its first --length + 1 tokens (0: the whole stream) streamed once, targets
+                      bucketed [0,U), [U,4U), [4U,16U), ... with U = --bucket_unit (default: the
+                      training length); the same stream and buckets for every model.
   generate            encodes --prompt with the model's tokenizer, runs
                       `gca_jax.inference.generate` (the stream: prompt in segments, then one token
                       per step) and prints the decoded continuation (only it) on stdout.
@@ -43,12 +47,16 @@ Flags:
   --run_dir R         training run directory (this or --model_dir)
   --model_dir D       exported model directory (`python -m gca_jax.export`; e.g. checkpoints/*)
   --step N            --run_dir: checkpoint step (default: latest)
-  --task T            ppl | passkey | all | ppl_length | passkey_grid | long | generate
+  --task T            ppl | passkey | all | ppl_length | passkey_grid | long | generate |
+                      ppl_position
                       (default all)
   --lengths L1,L2     sequence lengths in tokens, or multiples of the training length as "4x"
                       (passkey / passkey_grid default: 1x; ppl_length default: 1x,2x,4x)
   --ppl_length N      window length for perplexity (default: the training length)
   --ppl_windows N     at most N held-out windows (default 64)
+  --length N          ppl_position: tokens streamed (default 0 = the whole held-out stream)
+  --bucket_unit U     ppl_position: first bucket [0, U) (default: the training length)
+  --bucket_factor F   ppl_position: bucket edges grow by F (default 4)
   --eval_path P       held-out corpus, also the passkey filler (default: the run's
                       data.eval_path / the export's meta)
   --tokenizer P       tokenizer model (default: the run's / the export's)
@@ -90,7 +98,8 @@ from ml_collections import config_flags
 
 from gca_jax.train import distributed
 
-TASKS = ["ppl", "passkey", "all", "ppl_length", "passkey_grid", "long", "generate"]
+TASKS = ["ppl", "passkey", "all", "ppl_length", "passkey_grid", "long", "generate",
+         "ppl_position"]
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "Training run directory.")
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Exported model directory (gca_jax.export).")
 _STEP = flags.DEFINE_integer("step", None, "--run_dir: checkpoint step (default: latest).")
@@ -99,6 +108,9 @@ _LENGTHS = flags.DEFINE_list("lengths", [], "Lengths in tokens, or multiples of 
                              "length as '4x'.")
 _PPL_LENGTH = flags.DEFINE_integer("ppl_length", None, "Perplexity window length.")
 _PPL_WINDOWS = flags.DEFINE_integer("ppl_windows", 64, "Max held-out windows.")
+_LENGTH = flags.DEFINE_integer("length", 0, "ppl_position: tokens streamed (0 = all).")
+_BUCKET_UNIT = flags.DEFINE_integer("bucket_unit", None, "ppl_position: first bucket size.")
+_BUCKET_FACTOR = flags.DEFINE_integer("bucket_factor", 4, "ppl_position: bucket growth.")
 _EVAL_PATH = flags.DEFINE_string("eval_path", None, "Held-out corpus (default: saved).")
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer model (default: saved).")
 _TRIALS = flags.DEFINE_integer("trials", 10, "Passkey samples per cell.")
@@ -128,7 +140,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 _DIST = distributed.define_flags()   # --distributed, --coordinator_address, ... (multi-process)
 
 _FULL_TASKS = ("ppl", "passkey", "all")
-_STREAM_TASKS = ("ppl_length", "passkey_grid", "long")
+_STREAM_TASKS = ("ppl_length", "passkey_grid", "long", "ppl_position")
 
 
 class EvalError(ValueError):
@@ -348,6 +360,8 @@ def _long_context(m, tok, stream, seq_len: int) -> dict:
     raise EvalError(f"--segment_len={segment_len}: must be >= 1")
   batch = _positive(_BATCH)
   cfg, params = m.config, m.params
+  if _TASK.value == "ppl_position":
+    return _ppl_position(m, stream, seq_len, segment_len)
   common = dict(segment_len=segment_len, memory=_MEMORY.value, batch_size=batch,
                 progress=_PROGRESS.value, log=_say)
   todo = ["ppl_length", "passkey_grid"] if _TASK.value == "long" else [_TASK.value]
@@ -396,6 +410,30 @@ def _as_flags(msg: str) -> str:
   """The API's remedies in a memory error as this script's flags."""
   msg = re.sub(r'memory="(\w+)"', r"--memory=\1", msg)
   return re.sub(r"a smaller batch \(batch (\d+) -> (\d+)\)", r"--batch_size \2 (now \1)", msg)
+
+
+def _ppl_position(m, stream, seq_len: int, segment_len: int) -> dict:
+  """--task ppl_position (module docstring)."""
+  from gca_jax.eval import long
+  n = int(len(stream)) - 1
+  length = _LENGTH.value or n
+  if length < 1 or length > n:
+    raise EvalError(f"--length={_LENGTH.value}: the held-out stream has {n + 1} tokens "
+                    f"(at most {n} targets)")
+  unit = _BUCKET_UNIT.value or seq_len
+  if unit < 1 or _BUCKET_FACTOR.value < 2:
+    raise EvalError(f"--bucket_unit={unit} must be >= 1 and --bucket_factor="
+                    f"{_BUCKET_FACTOR.value} >= 2")
+  try:
+    r = long.ppl_by_position(m.params, m.config, stream, length=length, unit=unit,
+                             factor=_BUCKET_FACTOR.value, segment_len=segment_len,
+                             memory=_MEMORY.value, progress=_PROGRESS.value, log=_say)
+  except NotImplementedError as e:
+    raise EvalError(f"streaming engine: {e} (try --memory=device)") from e
+  except ValueError as e:
+    raise EvalError(_as_flags(str(e))) from e
+  r.update(train_length=seq_len, stream_tokens=n + 1, engine="stream")
+  return {"ppl_position": r}
 
 
 def evaluate() -> dict:

@@ -15,6 +15,15 @@ One generator, `make_recall_sample`, covers the whole family that the recall tra
   GCA starts with (docs/method.md §7) already carries the key tokens; a curriculum lowers r to 1.
 - **filler**: real text (a contiguous span of a token stream, e.g. Moby Dick) or the Landmark
   Attention filler sentences repeated (`TextFiller` / `RepeatFiller`).
+- **multi-key** (`make_multikey_train_sample`): n needles `|One of the special magic numbers for`
+  X_i ` is` Y_i `|` at uniform random depths, one question for a random X_q, answer Y_q; n is
+  drawn in [1, `multikey_needles`] (fewer where they do not fit), so most samples hold more
+  needles than top-k and the retrieval must select by the name the question asks.
+- **2-hop** (`make_2hop_train_sample`): `|DEF X->Y|`, `|DEF Y->Z|`, question for the path from
+  X, answer `Y->Z`.
+  Both are built by the eval builders of `gca_jax.data.passkey` (one definition of the strings
+  and the layout), on a window of length + 1 tokens, with `PieceTokenizer` (the prompt strings'
+  ids, picklable for the batch workers).
 
 Coordinates follow `gca_jax.data.passkey`: a sample is a window of `length + 1` ids;
 inputs = window[:-1], targets = window[1:]; window index i is input position i and target index
@@ -41,6 +50,7 @@ import functools
 import numpy as np
 
 # the official format is the eval format's (one definition, in passkey.py)
+from gca_jax.data import passkey as pk
 from gca_jax.data.passkey import NEEDLE_HEAD, NEEDLE_TAIL, QUESTION_HEAD, QUESTION_TAIL, _span
 from gca_jax.data.tokenizer import Tokenizer
 
@@ -71,6 +81,29 @@ class PromptIds:
   key_pool: np.ndarray        # ids a key token is drawn from (ordinary pieces)
   name_pool: np.ndarray       # ids a name is drawn from (word pieces ' Abc...')
   landmark_filler: np.ndarray
+  pieces: "PieceTokenizer | None" = None   # multi-key / 2-hop prompt strings
+
+
+# the strings the multi-key and 2-hop builders of gca_jax.data.passkey encode
+PIECE_STRINGS = (pk.MULTIKEY_NEEDLE_HEAD, pk.MULTIKEY_NEEDLE_MID, pk.MULTIKEY_NEEDLE_TAIL,
+                 pk.MULTIKEY_QUESTION_HEAD, pk.MULTIKEY_QUESTION_MID, pk.MULTIKEY_QUESTION_TAIL,
+                 pk.HOP_NEEDLE_HEAD, pk.HOP_ARROW, pk.HOP_NEEDLE_TAIL, pk.HOP_QUESTION_HEAD,
+                 pk.HOP_QUESTION_MID)
+
+
+@dataclasses.dataclass(frozen=True)
+class PieceTokenizer:
+  """The part of a Tokenizer the passkey builders use: `encode` of the prompt strings
+  (`PIECE_STRINGS`, precomputed) and `ordinary_ids`; picklable (no sentencepiece object)."""
+
+  table: tuple[tuple[str, tuple[int, ...]], ...]
+  ordinary_ids: np.ndarray
+
+  def encode(self, text: str) -> list[int]:
+    for s, ids in self.table:
+      if s == text:
+        return list(ids)
+    raise KeyError(f"PieceTokenizer: {text!r} is not one of the prompt strings PIECE_STRINGS")
 
 
 @functools.lru_cache(maxsize=4)
@@ -86,7 +119,9 @@ def prompt_ids(tokenizer: Tokenizer) -> PromptIds:
       named_question_head=enc(NAMED_QUESTION_HEAD), named_question_mid=enc(NAMED_QUESTION_MID),
       named_question_tail=enc(NAMED_QUESTION_TAIL), named_question_end=enc(NAMED_QUESTION_END),
       key_pool=ordinary, name_pool=np.asarray(names, np.int32),
-      landmark_filler=enc(LANDMARK_FILLER))
+      landmark_filler=enc(LANDMARK_FILLER),
+      pieces=PieceTokenizer(tuple((p, tuple(int(i) for i in tokenizer.encode(p)))
+                                  for p in PIECE_STRINGS), ordinary))
 
 
 class TextFiller:
@@ -223,15 +258,75 @@ def make_recall_sample(rng: np.random.Generator, ids: PromptIds, filler: TextFil
                       question_starts=(a - m).astype(np.int32))
 
 
-KIND_TEXT, KIND_SINGLE, KIND_NAMED = 0, 1, 2
+def _train_sample(s: "pk.MultiNeedleSample", length: int, answer_weight: float) -> RecallSample:
+  """A RecallSample of an eval-builder sample of length + 1 tokens (one query)."""
+  k = len(s.key)
+  answer_targets = (s.answer_index + np.arange(k, dtype=np.int32))[None, :]
+  weights = np.zeros(length, np.float32)
+  weights[:answer_targets[0, -1] + 1] = 1.0
+  weights[answer_targets[0]] = answer_weight
+  return RecallSample(tokens=s.tokens, weights=weights, answer_targets=answer_targets,
+                      keys=np.asarray([s.key], np.int32),
+                      needle_starts=np.asarray(s.needle_starts, np.int32),
+                      question_starts=np.asarray([s.question_start], np.int32))
+
+
+def multikey_needle_len(ids: PromptIds, *, name_len: int = 2, key_len: int = 5) -> int:
+  enc = ids.pieces.encode
+  return (len(enc(pk.MULTIKEY_NEEDLE_HEAD)) + name_len + len(enc(pk.MULTIKEY_NEEDLE_MID))
+          + key_len + len(enc(pk.MULTIKEY_NEEDLE_TAIL)))
+
+
+def multikey_cap(ids: PromptIds, length: int, max_needles: int, *, chunk_text: int,
+                 key_len: int = 5, answer_offset: int = 4) -> int:
+  """Most needles of a multi-key sample of `length` (+1) tokens: max_needles, fewer where they
+  would take more than half of the room before the question's chunk (at least 1)."""
+  cq = answer_chunk(length, key_len, chunk_text=chunk_text, answer_offset=answer_offset)
+  room = chunk_text * (cq - 1)
+  return max(1, min(max_needles, room // (2 * multikey_needle_len(ids, key_len=key_len))))
+
+
+def make_multikey_train_sample(rng: np.random.Generator, ids: PromptIds, filler: TextFiller,
+                               length: int, *, chunk_text: int, max_needles: int,
+                               key_len: int = 5, answer_weight: float = 1.0,
+                               answer_offset: int = 4) -> RecallSample:
+  """Multi-key training sample (module docstring): n ~ U[1, cap] needles at uniform depths, the
+  question for a random one; `gca_jax.data.passkey.make_multikey_passkey_sample` builds it."""
+  if ids.pieces is None:
+    raise ValueError("PromptIds without multi-key pieces (build them with prompt_ids)")
+  cap = multikey_cap(ids, length, max_needles, chunk_text=chunk_text, key_len=key_len,
+                     answer_offset=answer_offset)
+  n = int(rng.integers(1, cap + 1))
+  s = pk.make_multikey_passkey_sample(filler.tokens, length + 1, rng.uniform(size=n).tolist(),
+                                      ids.pieces, rng, key_len=key_len, chunk_text=chunk_text,
+                                      answer_offset=answer_offset)
+  return _train_sample(s, length, answer_weight)
+
+
+def make_2hop_train_sample(rng: np.random.Generator, ids: PromptIds, filler: TextFiller,
+                           length: int, *, chunk_text: int, key_len: int = 5,
+                           answer_weight: float = 1.0, answer_offset: int = 4) -> RecallSample:
+  """2-hop training sample (module docstring), both needles at uniform depths;
+  `gca_jax.data.passkey.make_2hop_passkey_sample` builds it."""
+  if ids.pieces is None:
+    raise ValueError("PromptIds without 2-hop pieces (build them with prompt_ids)")
+  s = pk.make_2hop_passkey_sample(filler.tokens, length + 1, rng.uniform(size=2).tolist(),
+                                  ids.pieces, rng, key_len=key_len, chunk_text=chunk_text,
+                                  answer_offset=answer_offset)
+  return _train_sample(s, length, answer_weight)
+
+
+KIND_TEXT, KIND_SINGLE, KIND_NAMED, KIND_MULTIKEY, KIND_2HOP = 0, 1, 2, 3, 4
 
 
 @dataclasses.dataclass(frozen=True)
 class MixSpec:
   """What a training batch is made of: fractions of official single-needle passkey samples
-  (`p_single`), named multi-query samples (`p_named`, up to `n_queries` each) and plain LM text
-  windows (the rest); Landmark filler instead of text in `p_landmark_filler` of the recall
-  samples; each needle line written `repeat` times; `answer_weight` on the answer targets."""
+  (`p_single`), named multi-query samples (`p_named`, up to `n_queries` each), multi-key
+  samples (`p_multikey`, up to `multikey_needles` needles), 2-hop samples (`p_2hop`) and plain
+  LM text windows (the rest); Landmark filler instead of text in `p_landmark_filler` of the
+  single / named samples; each single / named needle line written `repeat` times;
+  `answer_weight` on the answer targets."""
 
   p_single: float = 1.0
   p_named: float = 0.0
@@ -241,14 +336,21 @@ class MixSpec:
   repeat: int = 1
   answer_weight: float = 1.0
   answer_offset: int = 4
+  p_multikey: float = 0.0
+  multikey_needles: int = 16
+  p_2hop: float = 0.0
+
+  @property
+  def p_recall(self) -> float:
+    return self.p_single + self.p_named + self.p_multikey + self.p_2hop
 
   def __post_init__(self):
-    for name in ("p_single", "p_named", "p_landmark_filler"):
+    for name in ("p_single", "p_named", "p_landmark_filler", "p_multikey", "p_2hop"):
       if not 0.0 <= getattr(self, name) <= 1.0:
         raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 1]")
-    if self.p_single + self.p_named > 1.0 + 1e-9:
-      raise ValueError(f"p_single + p_named = {self.p_single + self.p_named} must be <= 1")
-    for name in ("n_queries", "key_len", "repeat", "answer_offset"):
+    if self.p_recall > 1.0 + 1e-9:
+      raise ValueError(f"p_single + p_named + p_multikey + p_2hop = {self.p_recall} must be <= 1")
+    for name in ("n_queries", "key_len", "repeat", "answer_offset", "multikey_needles"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
     if self.answer_weight < 0:
@@ -268,6 +370,18 @@ def named_queries(ids: PromptIds, length: int, mix: MixSpec, *, chunk_text: int)
   return max(1, min(mix.n_queries, q))
 
 
+def mix_spec(recall) -> MixSpec:
+  """The MixSpec of a `config.data.recall` section (multi-key / 2-hop fields optional, 0 if
+  absent: configs saved before they existed)."""
+  g = recall.get if hasattr(recall, "get") else (lambda k, d=None: getattr(recall, k, d))
+  return MixSpec(p_single=float(g("p_single")), p_named=float(g("p_named")),
+                 n_queries=int(g("n_queries")), p_landmark_filler=float(g("p_landmark_filler")),
+                 key_len=int(g("key_len")), answer_weight=float(g("answer_weight")),
+                 answer_offset=int(g("answer_offset")), p_multikey=float(g("p_multikey", 0.0)),
+                 multikey_needles=int(g("multikey_needles", 16)),
+                 p_2hop=float(g("p_2hop", 0.0)))
+
+
 def check_mix(ids: PromptIds, length: int, mix: MixSpec, *, chunk_text: int) -> None:
   """Raises ValueError (why) if a sample kind the mix draws cannot be built at `length`."""
   rng = np.random.default_rng(0)
@@ -279,6 +393,13 @@ def check_mix(ids: PromptIds, length: int, mix: MixSpec, *, chunk_text: int) -> 
     make_recall_sample(rng, ids, filler, length, chunk_text=chunk_text, key_len=mix.key_len,
                        n_queries=named_queries(ids, length, mix, chunk_text=chunk_text),
                        named=True, repeat=mix.repeat, answer_offset=mix.answer_offset)
+  kw = dict(chunk_text=chunk_text, key_len=mix.key_len, answer_offset=mix.answer_offset)
+  if mix.p_multikey > 0:   # the most needles, each at depth 1 (the tightest layout)
+    cap = multikey_cap(ids, length, mix.multikey_needles, **kw)
+    pk.make_multikey_passkey_sample(filler.tokens, length + 1, [1.0] * cap, ids.pieces, rng,
+                                    **kw)
+  if mix.p_2hop > 0:
+    make_2hop_train_sample(rng, ids, filler, length, **kw)
 
 
 def make_batch(rng: np.random.Generator, ids: PromptIds, text: TextFiller, batch: int, length: int,
@@ -286,8 +407,9 @@ def make_batch(rng: np.random.Generator, ids: PromptIds, text: TextFiller, batch
                ) -> dict[str, np.ndarray]:
   """One batch of the mix: {"inputs", "targets" int32[b, length], "loss_weights" f32[b, length],
   "answer_mask" f32[b, length] (1 at the target of each query's first answer token),
-  "kind" int32[b] (KIND_TEXT / KIND_SINGLE / KIND_NAMED)}. Row kinds are drawn independently
-  with the mix's probabilities; everything is a function of `rng` only."""
+  "kind" int32[b] (KIND_TEXT / KIND_SINGLE / KIND_NAMED / KIND_MULTIKEY / KIND_2HOP)}. Row
+  kinds are drawn independently with the mix's probabilities; everything is a function of `rng`
+  only (a mix without multi-key / 2-hop draws exactly the batches it drew before they existed)."""
   repeat_filler = repeat_filler or RepeatFiller(ids.landmark_filler)
   toks = np.zeros((batch, length + 1), np.int32)
   w = np.zeros((batch, length), np.float32)
@@ -296,9 +418,20 @@ def make_batch(rng: np.random.Generator, ids: PromptIds, text: TextFiller, batch
   q_named = named_queries(ids, length, mix, chunk_text=chunk_text) if mix.p_named > 0 else 1
   for b in range(batch):
     u = rng.random()
-    if u >= mix.p_single + mix.p_named:
+    if u >= mix.p_recall:
       toks[b] = text.take(rng, length + 1)
       w[b] = 1.0
+      continue
+    if u >= mix.p_single + mix.p_named:
+      hop = u >= mix.p_single + mix.p_named + mix.p_multikey
+      kw = dict(chunk_text=chunk_text, key_len=mix.key_len, answer_weight=mix.answer_weight,
+                answer_offset=mix.answer_offset)
+      s = (make_2hop_train_sample(rng, ids, text, length, **kw) if hop else
+           make_multikey_train_sample(rng, ids, text, length,
+                                      max_needles=mix.multikey_needles, **kw))
+      toks[b], w[b] = s.tokens, s.weights
+      first[b, s.answer_targets[:, 0]] = 1.0
+      kind[b] = KIND_2HOP if hop else KIND_MULTIKEY
       continue
     filler = repeat_filler if rng.random() < mix.p_landmark_filler else text
     named = u >= mix.p_single

@@ -2,6 +2,7 @@
 memory check run before either.
 
     ppl_vs_length(params, config, tokens_1d, lengths, *, windows, segment_len, ...)
+    ppl_by_position(params, config, tokens_1d, *, length, unit, ...)   (one stream, NLL by position)
     passkey_grid(params, config, tokenizer, filler_tokens, *, lengths, depths, trials, kinds,
                  formats, seed, segment_len, ...)
     check_fit(config, batch, length, *, segment_len, memory) / estimate_memory(...)
@@ -276,6 +277,60 @@ def ppl_vs_length(params, config: DRTConfig, tokens_1d, lengths: Sequence[int], 
   return out
 
 
+def position_edges(length: int, unit: int, factor: int = 4) -> list[int]:
+  """Bucket edges [0, unit, factor*unit, factor^2*unit, ..., length] (the last bucket is cut at
+  `length`; a geometric edge >= length is dropped)."""
+  if unit < 1 or factor < 2 or length < 1:
+    raise ValueError(f"position buckets: unit={unit} >= 1, factor={factor} >= 2 and "
+                     f"length={length} >= 1 needed")
+  edges, e = [0], unit
+  while e < length:
+    edges.append(e)
+    e *= factor
+  return edges + [length]
+
+
+def ppl_by_position(params, config: DRTConfig, tokens_1d, *, length: int, unit: int,
+                    factor: int = 4, segment_len: int | None = None, memory: str = "auto",
+                    stream_kw: dict | None = None, progress: bool = True,
+                    log: Callable[[str], None] | None = None) -> dict:
+  """NLL by position on ONE stream: the first `length` + 1 tokens of `tokens_1d` streamed once
+  through `gca_jax.inference.stream_nll` (every target with its whole left context), targets
+  grouped by position into [0, unit), [unit, 4 unit), [4 unit, 16 unit), ... (`position_edges`).
+  Returns {"length", "unit", "factor", "segment_len", "seconds", "buckets": [{"start", "end",
+  "tokens", "nll", "ppl", "rel_to_first" (nll / nll of bucket 0 - 1)}]}; the same `tokens_1d`
+  and `length` give every model the same targets."""
+  stream_nll, _ = _stream()
+  toks = np.asarray(tokens_1d, np.int32).reshape(-1)
+  if length < 1 or toks.size < length + 1:
+    raise ValueError(f"ppl_by_position: length {length} needs {length + 1} held-out tokens, the "
+                     f"stream has {toks.size}")
+  seg = int(segment_len or default_segment(config))
+  edges = position_edges(length, unit, factor)
+  check_fit(config, 1, length, segment_len=seg, memory=memory, what="ppl_by_position")
+  t0 = time.time()
+  bar = _progress(length, "ppl_by_position", progress)
+  try:
+    nll = np.asarray(stream_nll(params, config, toks[None, :length + 1], segment_len=seg,
+                                memory=memory, **(stream_kw or {})), np.float64)[0]
+    bar.update(length)
+  finally:
+    bar.close()
+  buckets = []
+  for a, b in zip(edges[:-1], edges[1:]):
+    m = float(nll[a:b].mean())
+    buckets.append({"start": int(a), "end": int(b), "tokens": int(b - a), "nll": m,
+                    "ppl": float(math.exp(min(m, 700.0)))})
+  for bk in buckets:
+    bk["rel_to_first"] = bk["nll"] / buckets[0]["nll"] - 1.0
+  out = {"length": int(length), "unit": int(unit), "factor": int(factor), "segment_len": seg,
+         "loss": float(nll.mean()), "seconds": round(time.time() - t0, 3), "buckets": buckets}
+  if log:
+    log("ppl_by_position: " + ", ".join(f"[{b['start']},{b['end']}) {b['nll']:.4f}"
+                                          for b in buckets))
+  return out
+
+
 # ----------------------------------------------------------------------------- passkey grid
 
 
@@ -341,4 +396,4 @@ def passkey_grid(params, config: DRTConfig, tokenizer, filler_tokens, *,
 
 __all__ = ["LengthFitError", "available_memory", "check_fit", "default_segment",
            "estimate_memory", "passkey_grid", "plan_passkey_grid", "plan_ppl_vs_length",
-           "ppl_vs_length"]
+           "position_edges", "ppl_by_position", "ppl_vs_length"]

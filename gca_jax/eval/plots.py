@@ -132,3 +132,30 @@ def plot_passkey_grid(grid: Mapping, out_dir: str, *, metric: str = "first_token
 
 
 __all__ = ["plot_passkey_grid", "plot_passkey_heatmap", "plot_ppl_vs_length", "write_json"]
+
+
+def plot_ppl_by_position(results: Mapping[str, Mapping], path: str, *,
+                         title: str = "NLL by position on one held-out stream") -> str:
+  """Step plot of each model's bucket NLL (`gca_jax.eval.long.ppl_by_position` results,
+  {label: result}) against position (log-x, bucket edges as multiples of the training length
+  where the result knows it). Returns `path`."""
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(7, 4))
+  try:
+    for label, r in results.items():
+      bs = r["buckets"]
+      xs = [max(b["start"], 1) for b in bs] + [bs[-1]["end"]]
+      ys = [b["nll"] for b in bs]
+      ax.stairs(ys, xs, baseline=None, label=label, linewidth=1.5)
+    ax.set_xscale("log")
+    train = next(iter(results.values())).get("train_length")
+    if train:
+      ax.axvline(train, color="gray", linestyle=":", label="training length")
+    ax.set_xlabel("position in the stream (tokens)")
+    ax.set_ylabel("mean NLL per token (nat)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+  finally:
+    plt.close(fig)

@@ -3,7 +3,8 @@
     python -m gca_jax.eval.report drt=runs/drt/grid.json swa=runs/swa/grid.json [--out table.md]
 
 Each file is an `eval.py` JSON result (or a `passkey_grid.json` from --out_dir) holding a
-"passkey_grid" or "passkey" grid and optionally "ppl_length". Passkey cells read
+"passkey_grid" or "passkey" grid and optionally "ppl_length" / "ppl_position" (NLL by position
+on one stream: "NLL (change vs the model's first bucket; vs --ppl_ref)"). Passkey cells read
 "accuracy% (samples)", hits and samples summed over depths; lengths are also written as
 multiples of the training length where the result knows it. `–` = not evaluated.
 """
@@ -42,8 +43,36 @@ def _len_label(n: int, train: int | None) -> str:
   return f"{n:,}" + (f" ({n / train:g}×)" if train else "")
 
 
+def position_table(results: Mapping[str, Mapping], ref: str | None = None) -> list[str]:
+  """Markdown lines of the "ppl_position" results (same stream and buckets for every model):
+  per bucket the NLL, its change vs the model's first bucket and, with `ref`, vs model `ref`."""
+  pos = {n: r["ppl_position"] for n, r in results.items() if "ppl_position" in r}
+  if not pos:
+    return []
+  edges = {tuple((b["start"], b["end"]) for b in p["buckets"]) for p in pos.values()}
+  if len(edges) != 1:
+    raise ValueError(f"ppl_position results of {sorted(pos)} have different buckets")
+  if ref is not None and ref not in pos:
+    raise ValueError(f"--ppl_ref={ref!r}: no ppl_position result of that name")
+  train = next(iter(pos.values())).get("train_length")
+  lab = lambda n: f"{n / train:g}×" if train else f"{n:,}"  # noqa: E731
+  cols = [f"[{lab(a)}, {lab(b)})" for a, b in next(iter(edges))]
+  lines = ["**NLL by position on one held-out stream** (nat/token; change vs the model's first "
+           "bucket" + (f"; vs {ref}" if ref else "") + ")", "",
+           "| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+  for n, p in pos.items():
+    cells = []
+    for i, b in enumerate(p["buckets"]):
+      c = f"{b['nll']:.4f} ({100 * b['rel_to_first']:+.1f}%"
+      if ref:
+        c += f"; {100 * (b['nll'] / pos[ref]['buckets'][i]['nll'] - 1):+.2f}%"
+      cells.append(c + ")")
+    lines.append(f"| {n} | " + " | ".join(cells) + " |")
+  return lines + [""]
+
+
 def markdown(results: Mapping[str, Mapping], *, kinds=("single", "2hop"), fmt: str = "official",
-             metrics=("first", "whole")) -> str:
+             metrics=("first", "whole"), ppl_ref: str | None = None) -> str:
   """Markdown tables (one per kind x metric, then held-out perplexity) of {name: result}."""
   grids = {n: _grid(r) for n, r in results.items()}
   train = next((r.get("seq_len") or (g or {}).get("train_length")
@@ -75,6 +104,7 @@ def markdown(results: Mapping[str, Mapping], *, kinds=("single", "2hop"), fmt: s
       lines.append(f"| {n} | " + " | ".join(f"{v[str(L)]['ppl']:.2f}" if str(L) in v else "–"
                                            for L in pl) + " |")
     lines.append("")
+  lines += position_table(results, ppl_ref)
   return "\n".join(lines)
 
 
@@ -84,6 +114,7 @@ def main(argv=None) -> int:
   p.add_argument("--kinds", default="single,2hop")
   p.add_argument("--format", default="official")
   p.add_argument("--out", default="")
+  p.add_argument("--ppl_ref", default=None, help="name of the ppl_position reference model")
   a = p.parse_args(argv)
   results = {}
   for item in a.results:
@@ -94,7 +125,7 @@ def main(argv=None) -> int:
       p.error(f"results: {path!r} does not exist")
     with open(path) as f:
       results[name] = json.load(f)
-  text = markdown(results, kinds=a.kinds.split(","), fmt=a.format)
+  text = markdown(results, kinds=a.kinds.split(","), fmt=a.format, ppl_ref=a.ppl_ref)
   if a.out:
     tmp = a.out + ".tmp"
     with open(tmp, "w") as f:

@@ -76,6 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
       answer_offset=4,
       answer_weight=1.0,
       p_landmark_filler=0.0,
+      p_multikey=0.0,
+      multikey_needles=16,
+      p_2hop=0.0,
       eval_samples=64,
   ))
   c.data.curriculum = ml_collections.ConfigDict(dict(
@@ -140,8 +143,14 @@ def model_config(config) -> DRTConfig:
 
 
 def model_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
-  """Human-readable differences between two model sections (dicts), one line per field."""
+  """Human-readable differences between two model sections (dicts), one line per field. A field
+  one side lacks (a run saved before the field existed) counts as its `DRTConfig` default."""
+  import dataclasses
+  dflt = {f.name: f.default for f in dataclasses.fields(DRTConfig)
+          if f.default is not dataclasses.MISSING}
   a, b = to_dict(dict(a)), to_dict(dict(b))
+  a, b = {**{k: v for k, v in dflt.items() if k in b}, **a}, \
+      {**{k: v for k, v in dflt.items() if k in a}, **b}
   out = []
   for k in sorted(set(a) | set(b)):
     if a.get(k, "<missing>") != b.get(k, "<missing>"):
@@ -163,6 +172,15 @@ def _validate_recall(config, mcfg: DRTConfig, seq_len: int) -> None:
   if ps + pn > 1.0 + 1e-9:
     _fail("data.recall.p_named", pn, f"p_single ({ps}) + p_named must be <= 1 (the rest is "
           f"plain text)")
+  r = config.data.recall
+  pm = _float(config, "data.recall.p_multikey", lo=0.0, hi=1.0) if "p_multikey" in r else 0.0
+  ph = _float(config, "data.recall.p_2hop", lo=0.0, hi=1.0) if "p_2hop" in r else 0.0
+  if ps + pn + pm + ph > 1.0 + 1e-9:
+    _fail("data.recall.p_2hop" if ph else "data.recall.p_multikey", ph or pm,
+          f"p_single ({ps}) + p_named ({pn}) + p_multikey ({pm}) + p_2hop ({ph}) must be <= 1 "
+          f"(the rest is plain text)")
+  if "multikey_needles" in r:
+    _int(config, "data.recall.multikey_needles", minimum=1)
   _float(config, "data.recall.p_landmark_filler", lo=0.0, hi=1.0)
   _int(config, "data.recall.n_queries", minimum=1)
   key_len = _int(config, "data.recall.key_len", minimum=1)
@@ -179,7 +197,7 @@ def _validate_recall(config, mcfg: DRTConfig, seq_len: int) -> None:
   if not recall_enabled(config):
     if spec:
       _fail("data.curriculum.stages", spec, "the curriculum gates on the answer accuracy of "
-            "recall samples: set data.recall.p_single and/or data.recall.p_named > 0")
+            "recall samples: set data.recall.p_single, p_named, p_multikey or p_2hop > 0")
     return
   if config.data.passkey_fraction > 0:
     _fail("data.passkey_fraction", config.data.passkey_fraction, "must be 0 with the recall "
@@ -217,9 +235,10 @@ def _get(config, name: str):
 
 
 def recall_enabled(config) -> bool:
-  """The recall mix is on (p_single + p_named > 0)."""
+  """The recall mix is on (p_single + p_named + p_multikey + p_2hop > 0)."""
   r = config.data.get("recall")
-  return r is not None and float(r.p_single) + float(r.p_named) > 0
+  return r is not None and (float(r.p_single) + float(r.p_named) + float(r.get("p_multikey", 0.0))
+                            + float(r.get("p_2hop", 0.0))) > 0
 
 
 def _int(config, name: str, *, minimum: int | None = None) -> int:

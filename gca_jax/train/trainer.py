@@ -133,15 +133,13 @@ BASE_KEYS = ("inputs", "targets", "loss_weights")
 
 def _recall_data(config, model_cfg, tok, train_tokens, eval_tokens, batch_multiple: int):
   """(RecallIterator, held-out samples or None) of config.data.recall / .curriculum."""
-  from gca_jax.data import (Gate, MixSpec, RecallIterator, Stage, curriculum_stages,
+  from gca_jax.data import (Gate, RecallIterator, Stage, curriculum_stages,
                             make_recall_sample, parse_stages, prompt_ids)
-  from gca_jax.data.recall import TextFiller
+  from gca_jax.data.recall import TextFiller, mix_spec
   d, r, cu = config.data, config.data.recall, config.data.curriculum
   tpc = model_cfg.text_per_chunk
   gbs = int(config.train.global_batch_size)
-  mix = MixSpec(p_single=float(r.p_single), p_named=float(r.p_named), n_queries=r.n_queries,
-                p_landmark_filler=float(r.p_landmark_filler), key_len=r.key_len,
-                answer_weight=float(r.answer_weight), answer_offset=r.answer_offset)
+  mix = mix_spec(r)   # every config.data.recall field, multi-key / 2-hop included
   if cu.stages:
     tps = int(cu.tokens_per_step) or gbs * int(d.seq_len)
     stages = curriculum_stages(parse_stages(cu.stages), chunk_text=tpc, tokens_per_step=tps,
@@ -374,9 +372,10 @@ def _train(config, *, hooks: TrainHooks | None = None, devices=None,
     cur = it.current
     gbs = cur.batch
     stages = ", ".join(f"{st.length}x{st.batch} (needles x{st.repeat})" for st in it.stages)
-    say(f"recall mix: single {config.data.recall.p_single}, named "
-        f"{config.data.recall.p_named} (up to {config.data.recall.n_queries} queries), text "
-        f"the rest; curriculum stages (tokens x batch): {stages}; at stage {it.stage}")
+    mx = it.mix
+    say(f"recall mix: single {mx.p_single}, named {mx.p_named} (up to {mx.n_queries} queries), "
+        f"multi-key {mx.p_multikey} (up to {mx.multikey_needles} needles), 2-hop {mx.p_2hop}, "
+        f"text the rest; curriculum stages (tokens x batch): {stages}; at stage {it.stage}")
   say(f"model {model_cfg.model_kind}: {param_count(state.params) / 1e6:.2f}M params; mesh "
       f"{dict(mesh.shape)} on {len(devices)} {devices[0].platform} device(s); batch {gbs} x "
       f"{it.current.length if feedback else seq_len} tokens (grad_accum {tc.grad_accum}); "
