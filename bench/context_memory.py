@@ -11,8 +11,10 @@ Devices: `--platform cpu` (default) makes max(--contexts) fake host devices
 (`--xla_force_host_platform_device_count`), so it runs on any machine (one GPU host included);
 XLA:CPU memory analysis (its fusion and buffer assignment, not the GPU's; the SWA / GCA kernels
 are the XLA paths). `--platform gpu_mock` asks jax for a mocked single-host GPU topology of
-max(--contexts) devices (`jax_mock_gpu_topology=1x1xN`, mock NCCL) to compile for the GPU
-backend on one GPU; it is not exercised by the tests.
+max(--contexts) devices (`jax_mock_gpu_topology`, mock NCCL) to compile for the GPU backend on
+one GPU: the forms 1xNx1, Nx1x1 and 1x1xN are probed in that order and the first under which
+`jax.devices()` lists N devices is used (recorded as "mock_topology"; an error row names the
+device counts seen when none does). Not exercised by the tests.
 
 Usage: PYTHONPATH=. python bench/context_memory.py [--seq_lens 65520,262080]
        [--contexts 1,2,4,8] [--platform cpu|gpu_mock] [--out results.json]
@@ -92,7 +94,21 @@ def main():
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                         f" --xla_force_host_platform_device_count={n_dev}").strip()
   else:
-    env["JAX_MOCK_GPU_TOPOLOGY"] = f"1x1x{n_dev}"
+    seen = {}
+    for topo in (f"1x{n_dev}x1", f"{n_dev}x1x1", f"1x1x{n_dev}"):
+      probe = subprocess.run(
+          [sys.executable, "-c", "import jax; print('NDEV', len(jax.devices()))"],
+          env=dict(env, JAX_MOCK_GPU_TOPOLOGY=topo), capture_output=True, text=True, timeout=300)
+      got = [x for x in probe.stdout.splitlines() if x.startswith("NDEV ")]
+      seen[topo] = int(got[-1].split()[1]) if got else (probe.stderr or "no output")[-300:]
+      print(f"mock topology {topo}: {seen[topo]}", file=sys.stderr, flush=True)
+      if seen[topo] == n_dev:
+        env["JAX_MOCK_GPU_TOPOLOGY"] = topo
+        break
+    else:
+      print(json.dumps({"bench": "context_memory", "platform": a.platform,
+                        "error": f"no mocked topology gives {n_dev} devices", "seen": seen}))
+      return
   rows = []
   for s in (int(x) for x in a.seq_lens.split(",")):
     for c in contexts:
@@ -108,6 +124,7 @@ def main():
       print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
   import jax
   out = {"bench": "context_memory", "model": "drt_128m", "batch": 1, "platform": a.platform,
+         "mock_topology": env.get("JAX_MOCK_GPU_TOPOLOGY"),
          "jax": jax.__version__, "date": time.strftime("%Y-%m-%d"), "rows": rows}
   text = json.dumps(out, indent=1)
   if a.out:

@@ -47,6 +47,9 @@ class BlockConfig:
   swa_impl: self-attention kernel (`gca_jax.ops.swa.SWA_IMPLS`), also the chunk encoder's;
     gca_impl: GCA kernel (`gca_jax.ops.available_gca_impls()`).
   gca_residual: UpperBlock's residual form, "official" or "standard" (docs/method.md §2.4).
+  retrieval_proj: ChunkRetriever multiplies the normed query by a learned d x d matrix
+    (identity at init) before scoring; False (default) is the official, projection-free score
+    (docs/method.md §2.3, "deviations").
   An invalid value raises ConfigError (a ValueError) naming the field.
   """
   num_heads: int
@@ -63,6 +66,7 @@ class BlockConfig:
   swa_impl: str = "auto"
   gca_impl: str = "auto"
   gca_residual: str = "official"
+  retrieval_proj: bool = False
 
   def _fail(self, field: str, why: str):
     raise ConfigError(f"BlockConfig.{field}={getattr(self, field)!r}: {why}")
@@ -96,6 +100,8 @@ class BlockConfig:
       self._fail("gca_impl", f"must be one of the registered GCA impls {gca_impls}")
     if self.gca_residual not in GCA_RESIDUALS:
       self._fail("gca_residual", f"must be one of {GCA_RESIDUALS}")
+    if not isinstance(self.retrieval_proj, bool):
+      self._fail("retrieval_proj", "must be True or False")
 
   def need(self, field: str, who: str):
     """The value of an optional `field` that `who` requires; ConfigError naming it if None."""
@@ -126,6 +132,8 @@ class DRTConfig:
     for DRT), the query included.
   gca_residual: "official" = `h1 + MLP(norm(h1 + GCA(h1)))` (docs/method.md §2.4, default);
     "standard" = `h2 = h1 + GCA(h1); h2 + MLP(norm(h2))`.
+  retrieval_proj: a learned d x d query matrix in each retriever (identity at init; default
+    False = the official projection-free score, docs/method.md §2.3).
   swa_impl: attention kernel, one of `gca_jax.ops.swa.SWA_IMPLS`; gca_impl: GCA kernel, one of
     `gca_jax.ops.available_gca_impls()` ("auto", "xla" and the kernels registered on import).
   dtype: compute dtype of activations and matmuls; param_dtype: storage dtype of params.
@@ -150,6 +158,7 @@ class DRTConfig:
   model_kind: str = "drt"
   baseline_extra_layers: int = 0
   gca_residual: str = "official"
+  retrieval_proj: bool = False
   swa_impl: str = "auto"
   gca_impl: str = "auto"
   rope_theta: float = 10000.0
@@ -201,6 +210,8 @@ class DRTConfig:
       self._fail("lower_layers", "the model has no layers")
     if self.gca_residual not in GCA_RESIDUALS:
       self._fail("gca_residual", f"must be one of {GCA_RESIDUALS}")
+    if not isinstance(self.retrieval_proj, bool):
+      self._fail("retrieval_proj", "must be True or False")
     if self.swa_impl not in SWA_IMPLS:
       self._fail("swa_impl", f"must be one of the attention impls {SWA_IMPLS}")
     gca_impls = _gca_ops.available_gca_impls()
@@ -249,7 +260,7 @@ class DRTConfig:
         top_k=self.top_k if chunked else None, rope_theta=self.rope_theta,
         norm_eps=self.norm_eps, init_std=self.init_std, dtype=self.dtype,
         param_dtype=self.param_dtype, swa_impl=self.swa_impl, gca_impl=self.gca_impl,
-        gca_residual=self.gca_residual)
+        gca_residual=self.gca_residual, retrieval_proj=self.retrieval_proj)
 
   def replace(self, **kw) -> "DRTConfig":
     return dataclasses.replace(self, **kw)

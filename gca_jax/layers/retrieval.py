@@ -54,7 +54,8 @@ class ChunkRetriever(nn.Module):
 
   config: BlockConfig (needs top_k = K; norm_eps, param_dtype of the query norm, computed in f32).
   query_BxCxd: hidden state at each chunk's landmark as it enters the group; landmarks_BxMxd:
-  the encoder's landmark keys. score[c,j] = RMSNorm(q[c]) . lmk[j] / sqrt(d), allowed for j < c
+  the encoder's landmark keys. score[c,j] = RMSNorm(q[c]) . lmk[j] / sqrt(d) (with
+  `config.retrieval_proj`: RMSNorm(q[c]) @ Wq . lmk[j] / sqrt(d), Wq = I at init), allowed for j < c
   (strict; query chunk c is chunk c of the same sequence, offset by `query_offset` chunks when the
   memory holds earlier chunks). Training (`train=True`) adds Gumbel(0,1) noise from the "gumbel"
   rng stream to choose (or `noise_BxCxM`, given: the context-parallel body passes its slice
@@ -80,6 +81,11 @@ class ChunkRetriever(nn.Module):
     d = query_BxCxd.shape[-1]
     c = self.config
     q = RMSNorm(c.norm_eps, jnp.float32, c.param_dtype, name="query_norm")(query_BxCxd)
+    if c.retrieval_proj:
+      w = self.param("query_proj", nn.with_logical_partitioning(
+          lambda key, shape, dtype: jnp.eye(shape[0], dtype=dtype), ("embed", "norm")), (d, d),
+                     c.param_dtype)
+      q = jnp.einsum("bcd,de->bce", q, w.astype(jnp.float32))
     if stream is not None:
       return self._stream(q, landmarks_BxMxd, stream, chunk_ids, n_complete)
     scores = jnp.einsum("bcd,bmd->bcm", q, landmarks_BxMxd.astype(jnp.float32)) / jnp.sqrt(
