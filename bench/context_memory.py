@@ -14,7 +14,8 @@ are the XLA paths). `--platform gpu_mock` asks jax for a mocked single-host GPU 
 max(--contexts) devices (`jax_mock_gpu_topology`, mock NCCL) to compile for the GPU backend on
 one GPU: the forms 1xNx1, Nx1x1 and 1x1xN are probed in that order and the first under which
 `jax.devices()` lists N devices is used (recorded as "mock_topology"; an error row names the
-device counts seen when none does). Not exercised by the tests.
+device counts seen when none does). Not exercised by the tests. `--platform gpu` compiles on the
+real GPUs (contexts up to their count; one GPU: context 1 only).
 
 Usage: PYTHONPATH=. python bench/context_memory.py [--seq_lens 65520,262080]
        [--contexts 1,2,4,8] [--platform cpu|gpu_mock] [--out results.json]
@@ -77,7 +78,7 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--seq_lens", default="65520,262080")
   ap.add_argument("--contexts", default="1,2,4,8")
-  ap.add_argument("--platform", default="cpu", choices=("cpu", "gpu_mock"))
+  ap.add_argument("--platform", default="cpu", choices=("cpu", "gpu", "gpu_mock"))
   ap.add_argument("--out", default="")
   ap.add_argument("--timeout", type=int, default=1800, help="seconds per compile")
   ap.add_argument("--_one", default="", help=argparse.SUPPRESS)
@@ -93,6 +94,8 @@ def main():
     env["JAX_PLATFORMS"] = "cpu"
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                         f" --xla_force_host_platform_device_count={n_dev}").strip()
+  elif a.platform == "gpu":
+    pass
   else:
     seen = {}
     for topo in (f"1x{n_dev}x1", f"{n_dev}x1x1", f"1x1x{n_dev}"):

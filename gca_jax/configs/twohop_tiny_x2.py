@@ -4,6 +4,7 @@ the same layers, data (incl. 10% 2-hop samples), curriculum and budget as the re
 (configs/multikey_tiny.py, upper_groups (2,)).
 
     python train.py --config configs/twohop_tiny_x2.py     # -> runs/multikey_tiny_x2
+    python -m gca_jax.export --run_dir runs/multikey_tiny_x2 --out checkpoints/twohop_drt_x2 --dtype bfloat16
 """
 
 from gca_jax.configs import multikey_tiny
