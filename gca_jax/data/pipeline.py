@@ -338,6 +338,17 @@ def curriculum_stages(pairs, *, chunk_text: int, tokens_per_step: int, batch_mul
   return tuple(out)
 
 
+def has_kind_metrics(mix) -> bool:
+  """Whether batches of `mix` carry "answer_kind" (mixes with multi-key or 2-hop samples)."""
+  return mix.p_multikey > 0 or mix.p_2hop > 0
+
+
+def answer_kind(answer_mask_BxL: np.ndarray, kind_B: np.ndarray) -> np.ndarray:
+  """int32 [b, L]: the row's sample kind (`gca_jax.data.recall.KIND_*`) where answer_mask is
+  set, 0 elsewhere (the per-kind answer accuracies of `gca_jax.models.loss.loss_sums`)."""
+  return np.where(answer_mask_BxL > 0, np.asarray(kind_B, np.int32)[:, None], 0).astype(np.int32)
+
+
 class _StageBatches:
   """step -> this process's rows of the batch of `step` in one stage: a pure function of
   (seed, process_index, step, stage), so batches can be made ahead, in any worker, and remade."""
@@ -353,7 +364,9 @@ class _StageBatches:
     rng = np.random.default_rng([self.seed, self.process_index, int(step)])
     b = make_batch(rng, self.ids, self.text, self.rows, self.stage.length, self.mix,
                    chunk_text=self.chunk_text)
-    b.pop("kind")
+    kind = b.pop("kind")
+    if has_kind_metrics(self.mix):
+      b["answer_kind"] = answer_kind(b["answer_mask"], kind)
     return b
 
 
@@ -383,7 +396,8 @@ class RecallIterator:
   """Training batches of the recall mix under the accuracy-gated length curriculum.
 
   `next(it)` is the batch of step `it.step + 1` (1-based) of the current stage:
-  {"inputs", "targets" int32[b, L], "loss_weights", "answer_mask" float32[b, L]} with
+  {"inputs", "targets" int32[b, L], "loss_weights", "answer_mask" float32[b, L]} (+ "answer_kind"
+  int32[b, L] when the mix has multi-key or 2-hop samples: `answer_kind`) with
   L = stage.length, b = stage.batch // process_count (see `gca_jax.data.recall.make_batch`).
   After the train step of batch n, `it.report(n, answer_accuracy)` feeds the gate (`Gate`);
   a stage change takes effect from batch n + 1. Every process must report the same (global)

@@ -49,11 +49,27 @@ def _fused(model: nn.Module, params, batch, w_BxT, rngs, train: bool):
   return out.nll_sum, (out.argmax == batch["targets"]).astype(jnp.float32), out.nll
 
 
+# The sample kinds of `gca_jax.data.recall` (KIND_SINGLE .. KIND_2HOP) by name.
+ANSWER_KINDS = (("single", 1), ("named", 2), ("multikey", 3), ("2hop", 4))
+
+
+def answer_sum_keys(batch) -> tuple[str, ...]:
+  """The answer sums `loss_sums` returns for `batch` (beside num_tokens / num_correct)."""
+  if "answer_mask" not in batch:
+    return ()
+  keys = ("answer_count", "answer_correct", "answer_nll")
+  if "answer_kind" in batch:
+    keys += tuple(f"answer_{w}_{n}" for n, _ in ANSWER_KINDS for w in ("count", "correct"))
+  return keys
+
+
 def loss_sums(model: nn.Module, params, batch, key, train: bool = True, score=None):
   """(nll_sum, sums) of one (micro)batch: the weighted NLL sum (the loss numerator) and a dict
   of sums {"num_tokens" (weight sum), "num_correct"} plus, when the batch has "answer_mask"
   (1 at the target of each answer's first token: recall / passkey samples),
-  {"answer_count", "answer_correct" (argmax hits), "answer_nll"} over those targets.
+  {"answer_count", "answer_correct" (argmax hits), "answer_nll"} over those targets, and with an
+  "answer_kind" (int32 [B, T], the sample kind at each answer, `ANSWER_KINDS`) also
+  "answer_count_<kind>" / "answer_correct_<kind>" per kind.
 
   `model.config.loss_impl` (docs/method.md §2.6): "fused" runs the model with
   `return_hidden=True` and the blockwise `gca_jax.ops.lm_head_loss` on its tied embedding
@@ -81,4 +97,9 @@ def loss_sums(model: nn.Module, params, batch, key, train: bool = True, score=No
     mask = batch["answer_mask"].astype(jnp.float32)
     sums.update(answer_count=jnp.sum(mask), answer_correct=jnp.sum(hit * mask),
                 answer_nll=jnp.sum(nll * mask))
+    if "answer_kind" in batch:
+      for name, k in ANSWER_KINDS:
+        mk = mask * (batch["answer_kind"] == k).astype(jnp.float32)
+        sums[f"answer_count_{name}"] = jnp.sum(mk)
+        sums[f"answer_correct_{name}"] = jnp.sum(hit * mk)
   return nll_sum, sums

@@ -17,7 +17,8 @@ between accumulation settings.
 
 Metrics: loss, grad_norm, lr, num_tokens, accuracy (weighted next-token argmax accuracy), finite;
 with an "answer_mask" in the batch also answer_accuracy (argmax of the answers' first tokens,
-the curriculum gate's input), answer_nll and answer_count. The answer loss weight is part of
+the curriculum gate's input), answer_nll and answer_count; with an "answer_kind" also
+answer_accuracy_<kind> / answer_count_<kind> per sample kind (single, named, multikey, 2hop). The answer loss weight is part of
 "loss_weights" (the normal loss path).
 
 Non-finite guard: if the loss or the gradient norm is NaN/Inf, the returned state is the input
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from gca_jax.models.loss import loss_sums
+from gca_jax.models.loss import ANSWER_KINDS, answer_sum_keys, loss_sums
 from gca_jax.sharding import batch_sharding
 from gca_jax.train.state import TrainState, mesh_context, step_key
 
@@ -49,8 +50,14 @@ def _answer_metrics(sums: dict) -> dict:
     return {}
   c = sums["answer_count"]
   d = jnp.maximum(c, 1.0)
-  return {"answer_accuracy": sums["answer_correct"] / d, "answer_nll": sums["answer_nll"] / d,
-          "answer_count": c}
+  out = {"answer_accuracy": sums["answer_correct"] / d, "answer_nll": sums["answer_nll"] / d,
+         "answer_count": c}
+  for name, _ in ANSWER_KINDS:
+    if f"answer_count_{name}" in sums:
+      ck = sums[f"answer_count_{name}"]
+      out[f"answer_accuracy_{name}"] = sums[f"answer_correct_{name}"] / jnp.maximum(ck, 1.0)
+      out[f"answer_count_{name}"] = ck
+  return out
 
 
 def _split_microbatches(batch: dict, accum: int, mesh: Mesh | None) -> dict:
@@ -90,8 +97,7 @@ def train_step_fn(model: nn.Module, tx: optax.GradientTransformation,
         return (g_acc, nll_acc + nll, jax.tree.map(jnp.add, s_acc, s)), None
 
       z = jnp.zeros((), jnp.float32)
-      keys = ("num_tokens", "num_correct") + (
-          ("answer_count", "answer_correct", "answer_nll") if "answer_mask" in batch else ())
+      keys = ("num_tokens", "num_correct") + answer_sum_keys(batch)
       s0 = {k: z for k in keys}
       (grads, nll, sums), _ = jax.lax.scan(
           body, (zeros, z, s0), (jnp.arange(grad_accum), micro))

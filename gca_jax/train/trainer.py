@@ -227,8 +227,11 @@ def _build_data(config, model_cfg, tok, train_stream, eval_tokens, batch_multipl
   if rc.recall_enabled(config):
     ds, held = _recall_data(config, model_cfg, tok, np.asarray(train_stream.tokens),
                             eval_tokens, batch_multiple)
+    from gca_jax.data.pipeline import has_kind_metrics  # noqa: PLC0415
+    from gca_jax.data.recall import mix_spec  # noqa: PLC0415
+    kinds = ("answer_kind",) if has_kind_metrics(mix_spec(d.recall)) else ()
     return RunData(tok, ds, windows, int(len(train_stream.tokens)), eval_tokens,
-                   BASE_KEYS + ("answer_mask",), held)
+                   BASE_KEYS + ("answer_mask",) + kinds, held)
   passkey = None
   if d.passkey_fraction > 0:
     passkey = PasskeyConfig(fraction=float(d.passkey_fraction), key_len_train=d.passkey_key_len,
@@ -510,6 +513,8 @@ def _train(config, *, hooks: TrainHooks | None = None, devices=None,
         if "answer_accuracy" in m:
           last_metrics.update(answer_accuracy=m["answer_accuracy"], answer_nll=m["answer_nll"],
                               answer_count=m["answer_count"])
+          last_metrics.update({k: m[k] for k in m if k.startswith(("answer_accuracy_",
+                                                                     "answer_count_"))})
         if feedback:
           last_metrics.update(stage=stage_trained, seq_len=shape[1], batch=shape[0])
         logger.progress(step, {"loss": m["loss"], "tok/s": f"{tps:,.0f}"})
@@ -521,6 +526,11 @@ def _train(config, *, hooks: TrainHooks | None = None, devices=None,
           extra = ""
           if "answer_accuracy" in m:
             extra = f" answer_acc {m['answer_accuracy']:.3f}"
+            per_kind = [f"{k[len('answer_accuracy_'):]} {m[k]:.2f}" for k in m
+                        if k.startswith("answer_accuracy_") and m.get("answer_count_" +
+                                                                    k[len("answer_accuracy_"):])]
+            if per_kind:
+              extra += " (" + ", ".join(per_kind) + ")"
           if feedback:
             extra += f" stage {stage_trained} ({shape[1]} tokens x {shape[0]})"
           say(f"step {step}/{steps}: loss {m['loss']:.4f}{extra} lr {m['lr']:.3g} grad_norm "
