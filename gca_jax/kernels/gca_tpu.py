@@ -38,6 +38,7 @@ On a CPU backend the kernels run in Pallas interpret mode (`interpret=True`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -75,6 +76,70 @@ def supports(q, k, v, indices, weights) -> str | None:
               f"tile), got H={H}, Hkv={Hkv}")
     return None
   return f"head dim D={D} must be 64 or a multiple of 128 (TPU lane tiling)"
+
+
+@dataclasses.dataclass(frozen=True)
+class TPULaunch:
+  """Launch parameters of the TPU kernels (tunable per TPU generation: `LAUNCH_TABLE`).
+
+  heads_per_block: query heads per block (None: all H). With Hb < H every grid gets a head-group
+    axis of H / Hb (parallel), blocks are (S, Hb·D) for queries and (T, Hb/R·D) for memory (R =
+    H / Hkv), and VMEM per block shrinks by H / Hb; dw is summed over the groups. Needs Hb | H,
+    R | Hb, Hb % 8 == 0 (the lse block's sublanes), and at D == 64 Hb and Hb / R even.
+  vmem_limit_bytes: Mosaic's scoped-VMEM limit for all three kernels (None: its default).
+  """
+
+  heads_per_block: int | None = None
+  vmem_limit_bytes: int | None = None
+
+  def reason(self, H: int, Hkv: int, D: int) -> str | None:
+    """None if these parameters fit heads H / Hkv of dim D, else why not."""
+    hb = self.heads_per_block
+    if self.vmem_limit_bytes is not None and (not isinstance(self.vmem_limit_bytes, int)
+                                              or self.vmem_limit_bytes <= 0):
+      return f"vmem_limit_bytes={self.vmem_limit_bytes!r} must be a positive int or None"
+    if hb is None or hb == H:
+      return None
+    R = H // Hkv
+    if not isinstance(hb, int) or hb <= 0 or H % hb:
+      return f"heads_per_block={hb!r} must divide H={H}"
+    if hb % R:
+      return f"heads_per_block={hb} must be a multiple of H/Hkv={R} (whole kv heads per block)"
+    if hb % 8:
+      return f"heads_per_block={hb} must be a multiple of 8 (or H={H}): the lse block's sublanes"
+    if D == 64 and (hb % 2 or (hb // R) % 2):
+      return (f"heads_per_block={hb} at head dim 64 needs an even number of query and kv heads "
+              f"per block (got {hb} and {hb // R})")
+    return None
+
+
+# Per TPU generation (`jax.devices()[0].device_kind` prefix, longest match; "default" otherwise).
+# The defaults are the kernels as validated (whole chunk, all heads, the compiler's VMEM limit):
+# no TPU has been reachable to tune them, so every entry is that default until measured. Tune with
+# `set_launch("TPU v5 lite", TPULaunch(heads_per_block=8))` or per call (`gca_tpu(..., launch=)`).
+LAUNCH_TABLE: dict[str, TPULaunch] = {
+    "default": TPULaunch(),
+    "TPU v4": TPULaunch(),
+    "TPU v5 lite": TPULaunch(),
+    "TPU v5p": TPULaunch(),
+    "TPU v6 lite": TPULaunch(),
+}
+
+
+def set_launch(device_kind: str, launch: TPULaunch) -> None:
+  """Sets the table entry of a TPU generation (a `device_kind` prefix, or "default")."""
+  if not isinstance(launch, TPULaunch):
+    raise TypeError(f"launch must be a TPULaunch, got {type(launch).__name__}")
+  LAUNCH_TABLE[device_kind] = launch
+
+
+def launch_for(device_kind: str | None = None) -> TPULaunch:
+  """The table entry for `device_kind` (default: the first device's) by longest prefix."""
+  if device_kind is None:
+    device_kind = jax.devices()[0].device_kind
+  best = max((k for k in LAUNCH_TABLE if k != "default" and device_kind.startswith(k)),
+             key=len, default="default")
+  return LAUNCH_TABLE[best]
 
 
 class _Lanes:
@@ -130,7 +195,8 @@ def _row_to_col(row, n):
 
 def _fwd_kernel(idx_ref, w_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, acc_ref, *,
                 C, K, H, R, lanes, scale, prec):
-  b, c, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  # grid (B, C, head groups, K); H here = the heads of one block
+  b, c, i = pl.program_id(0), pl.program_id(1), pl.program_id(3)
   S = q_ref.shape[0]
 
   @pl.when(i == 0)
@@ -159,7 +225,7 @@ def _fwd_kernel(idx_ref, w_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, acc_ref, *,
 
 def _dq_kernel(idx_ref, w_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dq_ref, dw_ref, acc_ref, *,
                C, K, H, R, lanes, scale, prec):
-  b, c, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  b, c, i = pl.program_id(0), pl.program_id(1), pl.program_id(3)
   S = q_ref.shape[0]
 
   @pl.when(i == 0)
@@ -194,7 +260,7 @@ def _dq_kernel(idx_ref, w_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dq_ref, dw_
 
 def _dkv_kernel(jt_ref, et_ref, w_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dk_ref, dv_ref,
                 dk_acc, dv_acc, *, C, K, N, H, R, lanes, scale, prec):
-  b, n = pl.program_id(0), pl.program_id(1)
+  b, n = pl.program_id(0), pl.program_id(2)      # grid (B, head groups, N)
   packed = et_ref[b * N + n]
   flags = packed & 7
 
@@ -233,28 +299,40 @@ def _prec(dtype):
   return lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None
 
 
+def _params(cfg, semantics):
+  limit = cfg.get("vmem_limit_bytes")
+  kw = {} if limit is None else {"vmem_limit_bytes": limit}
+  return pltpu.CompilerParams(dimension_semantics=semantics, **kw)
+
+
+def _groups(cfg, H, Hkv):
+  """(Hb, Hkvb, G): query / kv heads per block and the number of head groups."""
+  hb = cfg.get("heads_per_block") or H
+  return hb, hb // (H // Hkv), H // hb
+
+
 def _fwd(q, k, v, idx, w, cfg):
   B, C, S, H, D = q.shape
   M, T, Hkv = k.shape[1], k.shape[2], k.shape[3]
   K = idx.shape[2]
+  Hb, Hkvb, G = _groups(cfg, H, Hkv)
   q2 = q.reshape(B, C, S, H * D)
   k2 = k.reshape(B, M, T, Hkv * D)
   v2 = v.reshape(B, M, T, Hkv * D)
-  qspec = pl.BlockSpec((None, None, S, H * D), lambda b, c, i, ix, wt: (b, c, 0, 0))
-  kvspec = pl.BlockSpec((None, None, T, Hkv * D),
-                        lambda b, c, i, ix, wt: (b, ix[(b * C + c) * K + i], 0, 0))
-  lsespec = pl.BlockSpec((None, None, None, H, S), lambda b, c, i, ix, wt: (b, c, i, 0, 0))
-  kern = functools.partial(_fwd_kernel, C=C, K=K, H=H, R=H // Hkv, lanes=_Lanes(D),
+  qspec = pl.BlockSpec((None, None, S, Hb * D), lambda b, c, g, i, ix, wt: (b, c, 0, g))
+  kvspec = pl.BlockSpec((None, None, T, Hkvb * D),
+                        lambda b, c, g, i, ix, wt: (b, ix[(b * C + c) * K + i], 0, g))
+  lsespec = pl.BlockSpec((None, None, None, Hb, S), lambda b, c, g, i, ix, wt: (b, c, i, g, 0))
+  kern = functools.partial(_fwd_kernel, C=C, K=K, H=Hb, R=H // Hkv, lanes=_Lanes(D),
                            scale=1.0 / math.sqrt(D), prec=_prec(q.dtype))
   o2, lse = pl.pallas_call(
       kern,
       grid_spec=pltpu.PrefetchScalarGridSpec(
-          num_scalar_prefetch=2, grid=(B, C, K), in_specs=[qspec, kvspec, kvspec],
-          out_specs=[qspec, lsespec], scratch_shapes=[pltpu.VMEM((S, H * D), jnp.float32)]),
+          num_scalar_prefetch=2, grid=(B, C, G, K), in_specs=[qspec, kvspec, kvspec],
+          out_specs=[qspec, lsespec], scratch_shapes=[pltpu.VMEM((S, Hb * D), jnp.float32)]),
       out_shape=[jax.ShapeDtypeStruct(q2.shape, q.dtype),
                  jax.ShapeDtypeStruct((B, C, K, H, S), jnp.float32)],
-      compiler_params=pltpu.CompilerParams(
-          dimension_semantics=("parallel", "parallel", "arbitrary")),
+      compiler_params=_params(cfg, ("parallel", "parallel", "parallel", "arbitrary")),
       interpret=cfg["interpret"], name="gca_fwd_tpu",
   )(idx.reshape(-1), w.reshape(-1), q2, k2, v2)
   return o2.reshape(q.shape), lse
@@ -265,6 +343,7 @@ def _bwd(q, k, v, idx, w, lse, do, cfg):
   M, T, Hkv = k.shape[1], k.shape[2], k.shape[3]
   K = idx.shape[2]
   R = H // Hkv
+  Hb, Hkvb, G = _groups(cfg, H, Hkv)
   lanes = _Lanes(D)
   scale = 1.0 / math.sqrt(D)
   prec = _prec(q.dtype)
@@ -273,25 +352,25 @@ def _bwd(q, k, v, idx, w, lse, do, cfg):
   k2 = k.reshape(B, M, T, Hkv * D)
   v2 = v.reshape(B, M, T, Hkv * D)
 
-  # dQ / dw: grid (B, C, K) like the forward.
-  qspec = pl.BlockSpec((None, None, S, H * D), lambda b, c, i, ix, wt: (b, c, 0, 0))
-  kvspec = pl.BlockSpec((None, None, T, Hkv * D),
-                        lambda b, c, i, ix, wt: (b, ix[(b * C + c) * K + i], 0, 0))
-  lsespec = pl.BlockSpec((None, None, None, H, S), lambda b, c, i, ix, wt: (b, c, i, 0, 0))
-  dwspec = pl.BlockSpec((None, None, 1, K), lambda b, c, i, ix, wt: (b, c, 0, 0))
+  # dQ / dw: grid (B, C, G, K) like the forward; dw per head group, summed after.
+  qspec = pl.BlockSpec((None, None, S, Hb * D), lambda b, c, g, i, ix, wt: (b, c, 0, g))
+  kvspec = pl.BlockSpec((None, None, T, Hkvb * D),
+                        lambda b, c, g, i, ix, wt: (b, ix[(b * C + c) * K + i], 0, g))
+  lsespec = pl.BlockSpec((None, None, None, Hb, S), lambda b, c, g, i, ix, wt: (b, c, i, g, 0))
+  dwspec = pl.BlockSpec((None, None, None, 1, K), lambda b, c, g, i, ix, wt: (b, c, g, 0, 0))
   dq2, dw = pl.pallas_call(
-      functools.partial(_dq_kernel, C=C, K=K, H=H, R=R, lanes=lanes, scale=scale, prec=prec),
+      functools.partial(_dq_kernel, C=C, K=K, H=Hb, R=R, lanes=lanes, scale=scale, prec=prec),
       grid_spec=pltpu.PrefetchScalarGridSpec(
-          num_scalar_prefetch=2, grid=(B, C, K), in_specs=[qspec, kvspec, kvspec, qspec, lsespec],
-          out_specs=[qspec, dwspec], scratch_shapes=[pltpu.VMEM((S, H * D), jnp.float32)]),
+          num_scalar_prefetch=2, grid=(B, C, G, K),
+          in_specs=[qspec, kvspec, kvspec, qspec, lsespec],
+          out_specs=[qspec, dwspec], scratch_shapes=[pltpu.VMEM((S, Hb * D), jnp.float32)]),
       out_shape=[jax.ShapeDtypeStruct(q2.shape, q.dtype),
-                 jax.ShapeDtypeStruct((B, C, 1, K), jnp.float32)],
-      compiler_params=pltpu.CompilerParams(
-          dimension_semantics=("parallel", "parallel", "arbitrary")),
+                 jax.ShapeDtypeStruct((B, C, G, 1, K), jnp.float32)],
+      compiler_params=_params(cfg, ("parallel", "parallel", "parallel", "arbitrary")),
       interpret=cfg["interpret"], name="gca_bwd_dq_tpu",
   )(idx.reshape(-1), w.reshape(-1), q2, k2, v2, do2, lse)
 
-  # dK / dV: grid (B, N) over the reader schedule.
+  # dK / dV: grid (B, G, N) over the reader schedule.
   sch = common.reader_schedule(idx, w, M)
   N = C * K + M
   jt = sch["j"].reshape(-1)
@@ -303,25 +382,27 @@ def _bwd(q, k, v, idx, w, lse, do, cfg):
   def ent_i(b, n, jt, et):
     return lax.rem(et[b * N + n] >> 3, K)
 
-  qspec2 = pl.BlockSpec((None, None, S, H * D),
-                        lambda b, n, jt, et, wt: (b, ent_c(b, n, jt, et), 0, 0))
-  kvspec2 = pl.BlockSpec((None, None, T, Hkv * D),
-                         lambda b, n, jt, et, wt: (b, jt[b * N + n], 0, 0))
-  lsespec2 = pl.BlockSpec((None, None, None, H, S),
-                          lambda b, n, jt, et, wt: (b, ent_c(b, n, jt, et),
-                                                    ent_i(b, n, jt, et), 0, 0))
+  qspec2 = pl.BlockSpec((None, None, S, Hb * D),
+                        lambda b, g, n, jt, et, wt: (b, ent_c(b, n, jt, et), 0, g))
+  kvspec2 = pl.BlockSpec((None, None, T, Hkvb * D),
+                         lambda b, g, n, jt, et, wt: (b, jt[b * N + n], 0, g))
+  lsespec2 = pl.BlockSpec((None, None, None, Hb, S),
+                          lambda b, g, n, jt, et, wt: (b, ent_c(b, n, jt, et),
+                                                       ent_i(b, n, jt, et), g, 0))
   dk2, dv2 = pl.pallas_call(
-      functools.partial(_dkv_kernel, C=C, K=K, N=N, H=H, R=R, lanes=lanes, scale=scale, prec=prec),
+      functools.partial(_dkv_kernel, C=C, K=K, N=N, H=Hb, R=R, lanes=lanes, scale=scale,
+                        prec=prec),
       grid_spec=pltpu.PrefetchScalarGridSpec(
-          num_scalar_prefetch=3, grid=(B, N), in_specs=[qspec2, kvspec2, kvspec2, qspec2, lsespec2],
-          out_specs=[kvspec2, kvspec2],
-          scratch_shapes=[pltpu.VMEM((T, Hkv * D), jnp.float32),
-                          pltpu.VMEM((T, Hkv * D), jnp.float32)]),
+          num_scalar_prefetch=3, grid=(B, G, N),
+          in_specs=[qspec2, kvspec2, kvspec2, qspec2, lsespec2], out_specs=[kvspec2, kvspec2],
+          scratch_shapes=[pltpu.VMEM((T, Hkvb * D), jnp.float32),
+                          pltpu.VMEM((T, Hkvb * D), jnp.float32)]),
       out_shape=[jax.ShapeDtypeStruct(k2.shape, k.dtype), jax.ShapeDtypeStruct(v2.shape, v.dtype)],
-      compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
+      compiler_params=_params(cfg, ("parallel", "parallel", "arbitrary")),
       interpret=cfg["interpret"], name="gca_bwd_dkv_tpu",
   )(jt, et, w.reshape(-1), q2, k2, v2, do2, lse)
-  return dq2.reshape(q.shape), dk2.reshape(k.shape), dv2.reshape(v.shape), dw.reshape(B, C, K)
+  return (dq2.reshape(q.shape), dk2.reshape(k.shape), dv2.reshape(v.shape),
+          dw.sum(axis=(2, 3)))
 
 
 # ------------------------------------------------------------------------------- custom_vjp
@@ -329,26 +410,40 @@ def _bwd(q, k, v, idx, w, lse, do, cfg):
 _gca = common.lse_custom_vjp(_fwd, _bwd)
 
 
-def _cfg(interpret):
+def _cfg(interpret, launch: TPULaunch | None = None):
   if interpret is None:
     interpret = jax.default_backend() == "cpu"
-  return (("interpret", interpret),)
+  launch = launch or TPULaunch()
+  return (("interpret", interpret), ("heads_per_block", launch.heads_per_block),
+          ("vmem_limit_bytes", launch.vmem_limit_bytes))
 
 
-def gca_tpu(q, k, v, indices, weights, *, interpret=None):
+def _launch(launch, q, k):
+  if launch is None:
+    launch = launch_for() if jax.default_backend() == "tpu" else TPULaunch()
+  reason = launch.reason(q.shape[3], k.shape[3], q.shape[4])
+  if reason is not None:
+    raise UnsupportedGCAInput(f"pallas_tpu: {reason}")
+  return launch
+
+
+def gca_tpu(q, k, v, indices, weights, *, interpret=None, launch: TPULaunch | None = None):
   """GCA with the Mosaic TPU kernels; differentiable in q, k, v, weights (custom VJP).
 
   interpret: None = interpret mode iff the default backend is CPU; True, or a
-  `pltpu.InterpretParams` for the TPU-faithful interpreter.
+  `pltpu.InterpretParams` for the TPU-faithful interpreter. launch: `TPULaunch` (None: the
+  `LAUNCH_TABLE` entry of this TPU generation; the all-heads default off TPU).
   """
   reason = supports(q, k, v, indices, weights)
   if reason is not None:
     raise UnsupportedGCAInput(f"pallas_tpu: {reason}")
+  launch = _launch(launch, q, k)
   idx = common.clip_indices(indices, k.shape[1])
-  return _gca(q, k, v, idx, weights.astype(jnp.float32), _cfg(interpret))
+  return _gca(q, k, v, idx, weights.astype(jnp.float32), _cfg(interpret, launch))
 
 
-def forward_with_lse(q, k, v, indices, weights, *, interpret=None):
+def forward_with_lse(q, k, v, indices, weights, *, interpret=None, launch=None):
   """(o, lse [B,C,K,H,S] f32): the forward kernel's outputs (tests / debugging)."""
+  launch = _launch(launch, q, k)
   return _fwd(q, k, v, common.clip_indices(indices, k.shape[1]), weights.astype(jnp.float32),
-              dict(_cfg(interpret)))
+              dict(_cfg(interpret, launch)))
