@@ -38,6 +38,12 @@ def _batches(ids, mix, n=3):
   return [next(it) for _ in range(n)]
 
 
+def test_kind_ids_agree_with_the_data_module():
+  """models.loss cannot import the data package: its copy of the kind ids must match it."""
+  assert dict(ANSWER_KINDS) == {"single": R.KIND_SINGLE, "named": R.KIND_NAMED,
+                                "multikey": R.KIND_MULTIKEY, "2hop": R.KIND_2HOP}
+
+
 def test_answer_kind_marks_every_answer_with_its_row_kind():
   mask = np.array([[0, 1, 0, 1], [0, 0, 1, 0], [0, 0, 0, 0]], np.float32)
   got = answer_kind(mask, np.array([3, 4, 0]))

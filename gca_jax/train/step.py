@@ -18,8 +18,8 @@ between accumulation settings.
 Metrics: loss, grad_norm, lr, num_tokens, accuracy (weighted next-token argmax accuracy), finite;
 with an "answer_mask" in the batch also answer_accuracy (argmax of the answers' first tokens,
 the curriculum gate's input), answer_nll and answer_count; with an "answer_kind" also
-answer_accuracy_<kind> / answer_count_<kind> per sample kind (single, named, multikey, 2hop). The answer loss weight is part of
-"loss_weights" (the normal loss path).
+answer_accuracy_<kind> / answer_count_<kind> per sample kind (single, named, multikey, 2hop).
+The answer loss weight is part of "loss_weights" (the normal loss path).
 
 Non-finite guard: if the loss or the gradient norm is NaN/Inf, the returned state is the input
 state unchanged (step not incremented) and `metrics["finite"]` is False; the trainer stops.

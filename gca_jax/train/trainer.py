@@ -36,6 +36,7 @@ import jax
 import numpy as np
 
 from gca_jax.models.drt import DRT, resolved_impls
+from gca_jax.models.loss import ANSWER_KINDS
 from gca_jax.sharding import make_mesh
 from gca_jax.train import distributed, fs, run_config as rc
 from gca_jax.data.corpus import CorpusError
@@ -228,8 +229,7 @@ def _build_data(config, model_cfg, tok, train_stream, eval_tokens, batch_multipl
     ds, held = _recall_data(config, model_cfg, tok, np.asarray(train_stream.tokens),
                             eval_tokens, batch_multiple)
     from gca_jax.data.pipeline import has_kind_metrics  # noqa: PLC0415
-    from gca_jax.data.recall import mix_spec  # noqa: PLC0415
-    kinds = ("answer_kind",) if has_kind_metrics(mix_spec(d.recall)) else ()
+    kinds = ("answer_kind",) if has_kind_metrics(ds.mix) else ()
     return RunData(tok, ds, windows, int(len(train_stream.tokens)), eval_tokens,
                    BASE_KEYS + ("answer_mask",) + kinds, held)
   passkey = None
@@ -513,8 +513,10 @@ def _train(config, *, hooks: TrainHooks | None = None, devices=None,
         if "answer_accuracy" in m:
           last_metrics.update(answer_accuracy=m["answer_accuracy"], answer_nll=m["answer_nll"],
                               answer_count=m["answer_count"])
-          last_metrics.update({k: m[k] for k in m if k.startswith(("answer_accuracy_",
-                                                                     "answer_count_"))})
+          for n, _ in ANSWER_KINDS:
+            if f"answer_count_{n}" in m:
+              last_metrics[f"answer_accuracy_{n}"] = m[f"answer_accuracy_{n}"]
+              last_metrics[f"answer_count_{n}"] = m[f"answer_count_{n}"]
         if feedback:
           last_metrics.update(stage=stage_trained, seq_len=shape[1], batch=shape[0])
         logger.progress(step, {"loss": m["loss"], "tok/s": f"{tps:,.0f}"})
@@ -526,9 +528,8 @@ def _train(config, *, hooks: TrainHooks | None = None, devices=None,
           extra = ""
           if "answer_accuracy" in m:
             extra = f" answer_acc {m['answer_accuracy']:.3f}"
-            per_kind = [f"{k[len('answer_accuracy_'):]} {m[k]:.2f}" for k in m
-                        if k.startswith("answer_accuracy_") and m.get("answer_count_" +
-                                                                    k[len("answer_accuracy_"):])]
+            per_kind = [f"{n} {m[f'answer_accuracy_{n}']:.2f}" for n, _ in ANSWER_KINDS
+                        if m.get(f"answer_count_{n}")]
             if per_kind:
               extra += " (" + ", ".join(per_kind) + ")"
           if feedback:
