@@ -26,7 +26,9 @@ def module_text(name: str) -> str:
   except FileNotFoundError:
     sys.exit("error: mod2imp not found (apt-get install libsword-utils)")
   except subprocess.CalledProcessError as e:
-    sys.exit(f"error: mod2imp {name} failed: {e.stderr.decode(errors='replace')[-300:]}")
+    first = e.stderr.decode(errors="replace").strip().splitlines()[:1]
+    sys.exit(f"error: mod2imp {name} failed (is its sword-* package installed?): "
+             f"{first[0] if first else 'exit code ' + str(e.returncode)}")
   t = raw.decode("utf-8", errors="replace")
   if not t.strip():
     sys.exit(f"error: module {name} exported no text (is its sword-* package installed?)")
